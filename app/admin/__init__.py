@@ -1,0 +1,1 @@
+"""Channel administration: the CLI commands and the admin API (SPEC B7)."""

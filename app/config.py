@@ -1,0 +1,121 @@
+"""Environment to typed settings: the only module that reads the environment."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
+MAX_PULL_BATCH = 1000
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the service reads from its environment (SPEC B9)."""
+
+    database_url: str
+    secret_key: str
+    admin_token: str | None
+    push_deadline_seconds: float
+    pull_batch_limit: int
+    allow_private_outbound: bool
+    max_body_bytes: int
+    instance_path: Path
+
+    def __repr__(self) -> str:
+        # Keep secrets out of tracebacks and debug output.
+        return (
+            f"Settings(database_url={_redact_url(self.database_url)!r}, "
+            f"push_deadline_seconds={self.push_deadline_seconds}, "
+            f"pull_batch_limit={self.pull_batch_limit}, "
+            f"allow_private_outbound={self.allow_private_outbound}, "
+            f"max_body_bytes={self.max_body_bytes})"
+        )
+
+    @classmethod
+    def from_env(cls, overrides: Mapping[str, str] | None = None) -> Settings:
+        """Build settings from os.environ, with `overrides` taking precedence."""
+        env = {**os.environ, **(overrides or {})}
+        instance = Path(env.get("INSTANCE_PATH") or INSTANCE_DIR)
+        return cls(
+            database_url=database_url(env, instance),
+            secret_key=env.get("SECRET_KEY") or _instance_secret_key(instance),
+            admin_token=env.get("ADMIN_TOKEN") or None,
+            push_deadline_seconds=_number(env, "PUSH_DEADLINE_SECONDS", 10.0, 0.1, 300.0),
+            pull_batch_limit=int(_number(env, "PULL_BATCH_LIMIT", 1000, 1, MAX_PULL_BATCH, integer=True)),
+            allow_private_outbound=_flag(env, "ALLOW_PRIVATE_OUTBOUND"),
+            max_body_bytes=int(_number(env, "MAX_BODY_BYTES", 1024 * 1024, 1024, 1 << 30, integer=True)),
+            instance_path=instance,
+        )
+
+
+def database_url(env: Mapping[str, str] | None = None, instance: Path | None = None) -> str:
+    """The database URL: DATABASE_URL, else a SQLite file in the instance folder."""
+    env = os.environ if env is None else env
+    url = env.get("DATABASE_URL")
+    if url:
+        return url
+    instance = Path(env.get("INSTANCE_PATH") or instance or INSTANCE_DIR)
+    instance.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{instance / 'deskbridge.sqlite3'}"
+
+
+def _instance_secret_key(instance: Path) -> str:
+    """Read the generated secret key, creating it once (safe against racing workers)."""
+    instance.mkdir(parents=True, exist_ok=True)
+    path = instance / "secret_key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    else:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(48))
+    for _ in range(100):
+        key = path.read_text().strip()
+        if key:
+            return key
+        # Another worker created the file and has not written it yet.
+        os.sched_yield()
+    raise ConfigError(f"{path} is empty: delete it or set SECRET_KEY")
+
+
+def _number(
+    env: Mapping[str, str], name: str, default: float, low: float, high: float, *, integer: bool = False
+) -> float:
+    raw = env.get(name)
+    if raw is None or raw.strip() == "":
+        return default
+    try:
+        value = int(raw) if integer else float(raw)
+    except ValueError:
+        kind = "a whole number" if integer else "a number"
+        raise ConfigError(f"{name} must be {kind}, got {raw!r}") from None
+    if not low <= value <= high:
+        raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
+    return value
+
+
+def _flag(env: Mapping[str, str], name: str) -> bool:
+    raw = (env.get(name) or "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
+def _redact_url(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable>"

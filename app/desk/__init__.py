@@ -1,0 +1,1 @@
+"""The Zoho Desk protocol: pull and push endpoints, channelState, the sync format."""

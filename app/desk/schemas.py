@@ -1,0 +1,50 @@
+"""Shape of Desk's push body (SPEC A4, B4); unknown fields are Desk's business."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import (
+    EXCLUDE,
+    Schema,
+    ValidationError,
+    fields,
+    validate,
+    validates_schema,
+)
+
+from app.validation import Identifier, Text
+
+CONTENT_TYPES = ("text/plain", "text/html")
+
+
+class AuthorSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    name = Text(allow_none=True)
+    email = Text(allow_none=True)
+    type = Text(allow_none=True)
+    photoURL = Text(allow_none=True)
+
+
+class ReplyResourceSchema(Schema):
+    """The `resource` of a push: the agent's reply."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    id = Identifier(required=True)
+    extParentId = Identifier(required=True)
+    replyToExtId = Identifier(allow_none=True, load_default=None)
+    content = Text(allow_none=True)
+    summary = Text(allow_none=True)
+    contentType = Text(load_default="text/plain", validate=validate.OneOf(CONTENT_TYPES))
+    hasAttach = fields.Boolean(allow_none=True)
+    attachments = fields.List(fields.Raw(), allow_none=True, load_default=list)
+    author = fields.Nested(AuthorSchema, allow_none=True, load_default=None)
+
+    @validates_schema
+    def _needs_content(self, data: dict[str, Any], **_: Any) -> None:
+        if not data.get("content") and not data.get("summary"):
+            raise ValidationError("content or summary is required.", "content")

@@ -1,0 +1,1 @@
+"""The signed inbound webhook: messages from the external service (SPEC B5)."""

@@ -1,0 +1,151 @@
+"""SQLAlchemy models: channels, conversations, the inbox and the reply ledger."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp stored in UTC and always read back timezone-aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        # SQLite keeps no zone: the stored value is UTC by construction.
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# BIGINT on PostgreSQL; INTEGER on SQLite so that it stays the rowid alias.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+ID_LENGTH = 255
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Channel(Base):
+    """One link between a Desk installation and one external service account."""
+
+    __tablename__ = "channels"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    org_id: Mapped[str | None] = mapped_column(String(64))
+    connector: Mapped[str] = mapped_column(String(32))
+    outbound_url: Mapped[str] = mapped_column(String(2048))
+    desk_token_hash: Mapped[str] = mapped_column(String(64))
+    inbound_secret: Mapped[str] = mapped_column(Text)  # Fernet ciphertext
+    outbound_secret: Mapped[str] = mapped_column(Text)  # Fernet ciphertext
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    # last_seq doubles as the per-channel sequence counter; its row is the lock.
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    acked_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_pull_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Conversation(Base):
+    """A thread of messages in the external service; one Desk ticket."""
+
+    __tablename__ = "conversations"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "ext_id"),
+        Index("ix_conversations_channel_first_seq", "channel_id", "first_seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    ext_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    subject: Mapped[str] = mapped_column(String(ID_LENGTH))
+    first_seq: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class InboxMessage(Base):
+    """A message received from the external service, numbered per channel by seq."""
+
+    __tablename__ = "inbox_messages"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "ext_id"),
+        # Serves "messages of channel X with seq > N in seq order" as a range scan.
+        UniqueConstraint("channel_id", "seq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    seq: Mapped[int] = mapped_column(BigInteger)
+    ext_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    conversation_ext_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    content: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(16))
+    direction: Mapped[str] = mapped_column(String(3))
+    can_reply: Mapped[bool] = mapped_column(Boolean)
+    author: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attachments: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    permalink: Mapped[str | None] = mapped_column(String(2048))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Reply(Base):
+    """The reply ledger: one row per agent reply Desk pushed, keyed by Desk's id."""
+
+    __tablename__ = "replies"
+    __table_args__ = (
+        UniqueConstraint("channel_id", "desk_reply_id"),
+        Index("ix_replies_channel_external_id", "channel_id", "external_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"))
+    desk_reply_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    status: Mapped[str] = mapped_column(String(8))  # pending, sent, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    external_id: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    conversation_ext_id: Mapped[str] = mapped_column(String(ID_LENGTH))
+    in_reply_to: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    content: Mapped[str] = mapped_column(Text)
+    content_type: Mapped[str] = mapped_column(String(16))
+    author: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    attachments: Mapped[list[Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())

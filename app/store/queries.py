@@ -1,0 +1,143 @@
+"""The named queries that the use cases run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from app.store.models import Channel, Conversation, InboxMessage, Reply
+
+
+def get_channel(session: Session, channel_id: str) -> Channel | None:
+    """The channel with this id, or None."""
+    return session.get(Channel, channel_id)
+
+
+def lock_channel(session: Session, channel_id: str) -> Channel | None:
+    """Load a channel and hold its lock until commit.
+
+    PostgreSQL: the channel row (SELECT ... FOR UPDATE). SQLite: the write
+    transaction (BEGIN IMMEDIATE) already holds the database write lock.
+    """
+    stmt = select(Channel).where(Channel.id == channel_id).with_for_update()
+    return session.execute(stmt).scalar_one_or_none()
+
+
+def existing_message_ids(session: Session, channel_id: str, ext_ids: Sequence[str]) -> set[str]:
+    """The ids among ext_ids already in the inbox or delivered by us as replies."""
+    if not ext_ids:
+        return set()
+    inbox = select(InboxMessage.ext_id).where(
+        InboxMessage.channel_id == channel_id, InboxMessage.ext_id.in_(ext_ids)
+    )
+    echoes = select(Reply.external_id).where(
+        Reply.channel_id == channel_id, Reply.status == "sent", Reply.external_id.in_(ext_ids)
+    )
+    return set(session.scalars(inbox.union(echoes)))
+
+
+def existing_conversation_ids(session: Session, channel_id: str, ext_ids: Iterable[str]) -> set[str]:
+    """The conversation ids among ext_ids that the channel already has."""
+    ids = list(ext_ids)
+    if not ids:
+        return set()
+    stmt = select(Conversation.ext_id).where(
+        Conversation.channel_id == channel_id, Conversation.ext_id.in_(ids)
+    )
+    return set(session.scalars(stmt))
+
+
+def insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
+    """Insert many rows in one executemany."""
+    if rows:
+        session.execute(insert(model), rows)
+
+
+def advance_last_seq(session: Session, channel_id: str, last_seq: int) -> None:
+    """Record the channel's newest inbox seq."""
+    session.execute(update(Channel).where(Channel.id == channel_id).values(last_seq=last_seq))
+
+
+_MESSAGE_COLUMNS = (
+    InboxMessage.seq,
+    InboxMessage.ext_id,
+    InboxMessage.conversation_ext_id,
+    InboxMessage.content,
+    InboxMessage.content_type,
+    InboxMessage.direction,
+    InboxMessage.can_reply,
+    InboxMessage.author,
+    InboxMessage.attachments,
+    InboxMessage.created_at,
+)
+
+
+def messages_after(session: Session, channel_id: str, after_seq: int, limit: int) -> Sequence[Row[Any]]:
+    """Inbox messages with seq > after_seq, in seq order, at most limit (a range scan)."""
+    stmt = (
+        select(*_MESSAGE_COLUMNS)
+        .where(InboxMessage.channel_id == channel_id, InboxMessage.seq > after_seq)
+        .order_by(InboxMessage.seq)
+        .limit(limit)
+    )
+    return session.execute(stmt).all()
+
+
+def conversations_first_between(
+    session: Session, channel_id: str, after_seq: int, last_seq: int
+) -> Sequence[Row[Any]]:
+    """Conversations whose first message has after_seq < seq <= last_seq."""
+    stmt = (
+        select(Conversation.ext_id, Conversation.subject, Conversation.first_seq)
+        .where(
+            Conversation.channel_id == channel_id,
+            Conversation.first_seq > after_seq,
+            Conversation.first_seq <= last_seq,
+        )
+        .order_by(Conversation.first_seq)
+    )
+    return session.execute(stmt).all()
+
+
+def record_pull(session: Session, channel_id: str, acked_seq: int | None, now: datetime) -> None:
+    """Record a pull's time and, if given, the cursor Desk sent back."""
+    values: dict[str, Any] = {"last_pull_at": now}
+    if acked_seq is not None:
+        # acked_seq never moves backwards, whatever older state Desk sends.
+        values["acked_seq"] = _greatest(session, Channel.acked_seq, acked_seq)
+    session.execute(update(Channel).where(Channel.id == channel_id).values(**values))
+
+
+def _greatest(session: Session, column: Any, value: int) -> Any:
+    # SQLite spells GREATEST as the two-argument scalar max().
+    name = "max" if session.get_bind().dialect.name == "sqlite" else "greatest"
+    return getattr(func, name)(column, value)
+
+
+def insert_reply_if_new(session: Session, row: dict[str, Any]) -> bool:
+    """Insert a ledger row unless (channel, Desk reply id) exists; True if inserted."""
+    dialect = session.get_bind().dialect.name
+    make = sqlite_insert if dialect == "sqlite" else pg_insert
+    stmt = make(Reply).values(**row).on_conflict_do_nothing(index_elements=["channel_id", "desk_reply_id"])
+    return session.execute(stmt).rowcount == 1
+
+
+def lock_reply(session: Session, channel_id: str, desk_reply_id: str) -> Reply:
+    """The ledger row of a reply, locked until commit."""
+    stmt = (
+        select(Reply)
+        .where(Reply.channel_id == channel_id, Reply.desk_reply_id == desk_reply_id)
+        .with_for_update()
+    )
+    return session.execute(stmt).scalar_one()
+
+
+def list_channels(session: Session) -> Sequence[Channel]:
+    """Every channel, oldest first."""
+    return session.scalars(select(Channel).order_by(Channel.created_at, Channel.id)).all()

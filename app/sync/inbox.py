@@ -1,0 +1,153 @@
+"""Inbound messages into the inbox, and the inbox out to Desk as pull batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from app.desk import mapping
+from app.desk.auth import authenticate_desk
+from app.desk.state import DamagedState, decode_state, encode_state
+from app.errors import ApiError
+from app.keyring import Keyring
+from app.rendering import html_to_text, subject_line
+from app.store import queries
+from app.store.database import Database
+from app.store.models import Conversation, InboxMessage
+from app.sync.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+@dataclass(frozen=True)
+class IngestResult:
+    accepted: list[str]
+    duplicates: list[str]
+
+
+def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]]) -> IngestResult:
+    """Store new messages in the inbox under the channel lock; report duplicates.
+
+    seq numbers are assigned while the channel is locked and the lock is held
+    until commit, so commits happen in seq order and a reader never sees N+1
+    before N.
+    """
+    now = utcnow()
+    first_by_id: dict[str, dict[str, Any]] = {}
+    for message in messages:
+        first_by_id.setdefault(message["id"], message)
+    with db.session(write=True) as session:
+        channel = queries.lock_channel(session, channel_id)
+        if channel is None:
+            raise ApiError(404, "unknown_channel", "There is no such channel.")
+        known = queries.existing_message_ids(session, channel_id, list(first_by_id))
+        fresh = [m for m in first_by_id.values() if m["id"] not in known]
+        if fresh:
+            _store_fresh(session, channel_id, channel.last_seq, fresh, now)
+            session.commit()
+    accepted = [m["id"] for m in fresh]
+    accepted_set = set(accepted)
+    duplicates: list[str] = []
+    for message in messages:
+        if message["id"] in accepted_set:
+            accepted_set.discard(message["id"])  # the first occurrence only
+        else:
+            duplicates.append(message["id"])
+    return IngestResult(accepted=accepted, duplicates=duplicates)
+
+
+def _store_fresh(session: Any, channel_id: str, last_seq: int, fresh: list[dict[str, Any]], now: datetime) -> None:
+    known_conversations = queries.existing_conversation_ids(session, channel_id, {m["conversation_id"] for m in fresh})
+    rows: list[dict[str, Any]] = []
+    opened: dict[str, dict[str, Any]] = {}
+    seq = last_seq
+    for message in fresh:
+        seq += 1
+        rows.append(_inbox_row(channel_id, seq, message, now))
+        conversation_id = message["conversation_id"]
+        if conversation_id in known_conversations:
+            continue
+        if conversation_id not in opened:
+            opened[conversation_id] = {
+                "channel_id": channel_id, "ext_id": conversation_id, "first_seq": seq,
+                "subject": message.get("subject"), "created_at": now, "_first": message,
+            }
+        elif not opened[conversation_id]["subject"] and message.get("subject"):
+            opened[conversation_id]["subject"] = message["subject"]
+    conversations = []
+    for row in opened.values():
+        first = row.pop("_first")
+        row["subject"] = (row["subject"] or "").strip()[:255] or _derived_subject(first)
+        conversations.append(row)
+    queries.insert_rows(session, Conversation, conversations)
+    queries.insert_rows(session, InboxMessage, rows)
+    queries.advance_last_seq(session, channel_id, seq)
+
+
+def _inbox_row(channel_id: str, seq: int, message: dict[str, Any], now: datetime) -> dict[str, Any]:
+    html = message.get("html")
+    return {
+        "channel_id": channel_id,
+        "seq": seq,
+        "ext_id": message["id"],
+        "conversation_ext_id": message["conversation_id"],
+        "content": html or message.get("text") or "",
+        "content_type": "text/html" if html else "text/plain",
+        "direction": message.get("direction", "in"),
+        "can_reply": message.get("can_reply", True),
+        "author": message.get("author") or None,
+        "attachments": message.get("attachments") or None,
+        "permalink": message.get("permalink"),
+        "created_at": message.get("created_at") or now,
+        "received_at": now,
+    }
+
+
+def _derived_subject(message: dict[str, Any]) -> str:
+    """The first line of the first message, else its first attachment's name."""
+    text = message.get("text") or ""
+    if message.get("html"):
+        text = html_to_text(message["html"])
+    line = subject_line(text)
+    if line:
+        return line
+    for attachment in message.get("attachments") or []:
+        return subject_line(f"Attachment: {attachment.get('name') or attachment['url']}")
+    return "(no subject)"
+
+
+def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | None, limit: int) -> dict[str, Any]:
+    """Answer a Desk pull: messages after the cursor, with the tickets they open."""
+    with db.session() as session:
+        channel = authenticate_desk(session, body, org_id)
+        raw_state = body.get("channelState")
+        acked: int | None = None
+        try:
+            cursor = decode_state(keyring, channel.id, raw_state)
+            if cursor > channel.last_seq:
+                raise DamagedState(f"channelState cursor {cursor} is ahead of the inbox ({channel.last_seq})")
+            damaged = False
+            acked = cursor if raw_state else None
+        except DamagedState as exc:
+            # Desk would send the same state every 4 minutes forever: heal it instead.
+            log.warning("channel %s: damaged channelState (%s); resuming from acked_seq %s",
+                        channel.id, exc, channel.acked_seq)
+            cursor, damaged = channel.acked_seq, True
+        messages = queries.messages_after(session, channel.id, cursor, limit)
+        conversations = (
+            queries.conversations_first_between(session, channel.id, cursor, messages[-1].seq) if messages else []
+        )
+    response: dict[str, Any] = {"data": {"tickets": [], "threads": []}}
+    if messages:
+        by_seq = {message.seq: message for message in messages}
+        response["data"]["tickets"] = [mapping.ticket(c, by_seq[c.first_seq]) for c in conversations]
+        response["data"]["threads"] = [mapping.thread(m) for m in messages]
+        response["channelState"] = encode_state(keyring, channel.id, messages[-1].seq)
+    elif damaged:
+        response["channelState"] = encode_state(keyring, channel.id, cursor)
+    with db.session(write=True) as session:
+        queries.record_pull(session, channel.id, acked, utcnow())
+        session.commit()
+    return response

@@ -1,0 +1,47 @@
+"""Shared marshmallow pieces: safe text fields and schema errors as 422 answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from marshmallow import Schema, ValidationError, fields
+
+from app.errors import ApiError
+
+
+class Text(fields.String):
+    """A string that the databases can store: no NUL characters."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs)
+        if "\x00" in text:
+            raise ValidationError("Must not contain NUL characters.")
+        return text
+
+
+class Identifier(fields.Field):
+    """An id given as a string or a whole number; loaded as non-empty text."""
+
+    default_error_messages = {"invalid": "Must be a non-empty string or a whole number of at most 255 characters."}
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self.make_error("invalid")
+        text = str(value)
+        if not text.strip() or len(text) > 255 or "\x00" in text:
+            raise self.make_error("invalid")
+        return text
+
+
+def load(schema: Schema, data: Any, message: str = "The request is not valid.") -> dict[str, Any]:
+    """Load data with a schema, or raise a 422 ApiError with the field errors."""
+    try:
+        return schema.load(data)
+    except ValidationError as exc:
+        raise ApiError(422, "validation_error", message, fields=_str_keys(exc.messages)) from None
+
+
+def _str_keys(messages: Any) -> Any:
+    if isinstance(messages, dict):
+        return {str(key): _str_keys(value) for key, value in messages.items()}
+    return messages

@@ -1,0 +1,51 @@
+"""Helpers shared by tests: Desk request bodies, signed inbound requests."""
+
+from __future__ import annotations
+
+import copy
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from standardwebhooks.webhooks import Webhook
+
+FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+
+
+def fixture(name: str) -> Any:
+    """A JSON sample from Zoho's documentation (shared/fixtures)."""
+    return json.loads((FIXTURES / name).read_text())
+
+
+def desk_pull_body(channel: dict[str, Any], state: str | None = None) -> dict[str, Any]:
+    """Desk's documented pull body with our two config params added."""
+    body = fixture("pull-request-body.json")
+    body["channelId"] = channel["desk"]["channelId"]
+    body["channelToken"] = channel["desk"]["channelToken"]
+    if state is None:
+        body.pop("channelState", None)
+    else:
+        body["channelState"] = state
+    return body
+
+
+def desk_push_body(channel: dict[str, Any], **resource: Any) -> dict[str, Any]:
+    """Desk's documented push body with our two config params added."""
+    body = copy.deepcopy(fixture("push-request-body.json"))
+    body["configParams"]["channelId"] = channel["desk"]["channelId"]
+    body["configParams"]["channelToken"] = channel["desk"]["channelToken"]
+    body["resource"].update(resource)
+    return body
+
+
+def signed_headers(secret: str, body: bytes | str, msg_id: str = "msg_test", when: datetime | None = None) -> dict[str, str]:
+    """Standard Webhooks headers for a body, signed with an inbound secret."""
+    when = when or datetime.now(timezone.utc)
+    data = body.decode() if isinstance(body, bytes) else body
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(int(when.timestamp())),
+        "webhook-signature": Webhook(secret).sign(msg_id, when, data),
+        "Content-Type": "application/json",
+    }
