@@ -1,0 +1,29 @@
+# The two set-up commands (see README): `make run` and `make test`.
+# Both create .venv with python3 on first use and install the pinned requirements.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench
+
+$(BIN)/.runtime: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $@
+
+## Migrate the database (SQLite in instance/ unless DATABASE_URL is set) and serve with gunicorn.
+run: $(BIN)/.runtime
+	$(BIN)/alembic upgrade head
+	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
+
+## Lint, then the whole test suite (PostgreSQL too when TEST_DATABASE_URL is set).
+test: $(BIN)/.dev
+	$(BIN)/ruff check app tests bench migrations wsgi.py gunicorn.conf.py
+	$(BIN)/pytest
+
+lint: $(BIN)/.dev
+	$(BIN)/ruff check app tests bench migrations wsgi.py gunicorn.conf.py

@@ -1,0 +1,28 @@
+"""gunicorn settings for deskbridge; BIND, WEB_CONCURRENCY and THREADS override them."""
+
+import multiprocessing
+import os
+
+bind = os.environ.get("BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
+# Threads keep a push that waits on a slow external service from blocking pulls.
+worker_class = "gthread"
+threads = int(os.environ.get("THREADS", "8"))
+# Above PUSH_DEADLINE_SECONDS + 1 (a push's worst case), with room to spare.
+timeout = 60
+graceful_timeout = 30
+keepalive = 5
+accesslog = None  # query strings carry Desk's securityContext: keep them out of logs
+errorlog = "-"
+loglevel = "info"
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
+        "sqlalchemy": {"level": "WARNING"},
+    },
+}

@@ -1,0 +1,70 @@
+"""Alembic owns the schema: an empty database migrated to head matches the models."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import inspect
+
+from app.store.database import make_engine
+from app.store.models import Base
+from tests.conftest import BACKENDS, ROOT, PgSchema, migrate
+
+
+@pytest.fixture(params=BACKENDS)
+def empty_database(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'empty.sqlite3'}"
+        return
+    schema = PgSchema()
+    try:
+        yield schema.url
+    finally:
+        schema.drop()
+
+
+def differences(url: str) -> list[object]:
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            context = MigrationContext.configure(conn, opts={"compare_type": True})
+            return compare_metadata(context, Base.metadata)
+    finally:
+        engine.dispose()
+
+
+def test_empty_database_migrated_to_head_matches_the_models(empty_database):
+    migrate(empty_database)
+    assert differences(empty_database) == []
+
+
+def test_migrations_downgrade_to_base_and_upgrade_again(empty_database):
+    migrate(empty_database)
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = empty_database
+    config.attributes["configure_logger"] = False
+    command.downgrade(config, "base")
+    engine = make_engine(empty_database)
+    try:
+        assert set(inspect(engine).get_table_names()) <= {"alembic_version"}
+    finally:
+        engine.dispose()
+    migrate(empty_database)
+    assert differences(empty_database) == []
+
+
+def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.sqlite3'}")
+    try:
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
+    finally:
+        engine.dispose()
