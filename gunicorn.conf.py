@@ -15,6 +15,8 @@ keepalive = 5
 accesslog = None  # query strings carry Desk's securityContext: keep them out of logs
 errorlog = "-"
 loglevel = "info"
+# The control socket sits at one fixed path per user: two servers on a host would clash.
+control_socket_disable = True
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
