@@ -44,8 +44,8 @@ def migrate(url: str) -> None:
 def pg_schema_url(schema: str) -> str:
     """TEST_DATABASE_URL with its search_path set to one schema."""
     assert PG_URL
-    return make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(
-        hide_password=False
+    return (
+        make_url(PG_URL).update_query_dict({"options": f"-csearch_path={schema}"}).render_as_string(hide_password=False)
     )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,11 @@ def desk_push_body(channel: dict[str, Any], **resource: Any) -> dict[str, Any]:
     return body
 
 
-def signed_headers(secret: str, body: bytes | str, msg_id: str = "msg_test", when: datetime | None = None) -> dict[str, str]:
+def signed_headers(
+    secret: str, body: bytes | str, msg_id: str = "msg_test", when: datetime | None = None
+) -> dict[str, str]:
     """Standard Webhooks headers for a body, signed with an inbound secret."""
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     data = body.decode() if isinstance(body, bytes) else body
     return {
         "webhook-id": msg_id,

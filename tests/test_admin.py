@@ -35,7 +35,9 @@ def assert_creation_output(created: dict[str, Any], outbound_url: str, name: str
 
 
 def test_cli_create_prints_credentials_once_and_stores_only_hash_and_ciphertext(app):
-    result = cli(app, "create", "--connector", "webhook", "--outbound-url", PUBLIC_URL, "--name", "SMS", "--org-id", "42")
+    result = cli(
+        app, "create", "--connector", "webhook", "--outbound-url", PUBLIC_URL, "--name", "SMS", "--org-id", "42"
+    )
     assert result.exit_code == 0, result.output
     created = json.loads(result.output)
     assert_creation_output(created, PUBLIC_URL, "SMS", "42")
@@ -56,9 +58,7 @@ def test_cli_create_without_name_or_org(app):
 @pytest.mark.parametrize("url", ["ftp://example.com/x", "http://127.0.0.1/x", "http://10.1.2.3/", "not a url"])
 def test_cli_create_refuses_bad_outbound_url(make_app, url):
     app = make_app(ALLOW_PRIVATE_OUTBOUND="false")
-    result = app.test_cli_runner().invoke(
-        args=["channel", "create", "--connector", "webhook", "--outbound-url", url]
-    )
+    result = app.test_cli_runner().invoke(args=["channel", "create", "--connector", "webhook", "--outbound-url", url])
     assert result.exit_code == 1
     error = json.loads(result.stderr)
     assert error["error"] == "validation_error" and "outbound_url" in error["fields"]
@@ -99,9 +99,13 @@ def test_cli_disable_or_enable_of_unknown_channel_fails(app, command):
 
 # ---------------------------------------------------------------- admin API
 
+
 def test_api_create_answers_201_with_the_cli_shape(client):
-    answer = client.post("/api/channels", json={"connector": "webhook", "outbound_url": PUBLIC_URL,
-                                                "name": "chat", "org_id": "7"}, headers=AUTH)
+    answer = client.post(
+        "/api/channels",
+        json={"connector": "webhook", "outbound_url": PUBLIC_URL, "name": "chat", "org_id": "7"},
+        headers=AUTH,
+    )
     assert answer.status_code == 201, answer.json
     assert_creation_output(answer.json, PUBLIC_URL, "chat", "7")
 
@@ -115,12 +119,21 @@ def test_api_list_has_no_secrets(client, channel):
         assert secret not in text
 
 
-@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Authorization": ADMIN_TOKEN},
-                                     {"Authorization": f"Basic {ADMIN_TOKEN}"}, {"Authorization": "Bearer "}])
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": ADMIN_TOKEN},
+        {"Authorization": f"Basic {ADMIN_TOKEN}"},
+        {"Authorization": "Bearer "},
+    ],
+)
 @pytest.mark.parametrize("method", ["get", "post"])
 def test_api_without_the_right_bearer_token_is_401(client, headers, method):
-    answer = getattr(client, method)("/api/channels", json={"connector": "webhook", "outbound_url": PUBLIC_URL},
-                                     headers=headers)
+    answer = getattr(client, method)(
+        "/api/channels", json={"connector": "webhook", "outbound_url": PUBLIC_URL}, headers=headers
+    )
     assert answer.status_code == 401
     assert answer.json["error"] == "unauthorized"
     assert client.get("/api/channels", headers=AUTH).json == {"channels": []}

@@ -16,13 +16,17 @@ from tests.support import desk_pull_body, desk_push_body
 ORG = "28732"
 
 
-def pull_request(client: FlaskClient, params: dict[str, Any] | None, query: str = f"?orgId={ORG}", raw: bytes | None = None):
+def pull_request(
+    client: FlaskClient, params: dict[str, Any] | None, query: str = f"?orgId={ORG}", raw: bytes | None = None
+):
     if raw is not None:
         return client.post("/desk/pull" + query, data=raw, content_type="application/json")
     return client.post("/desk/pull" + query, json=params or {})
 
 
-def push_request(client: FlaskClient, params: dict[str, Any] | None, query: str = f"?orgId={ORG}", raw: bytes | None = None):
+def push_request(
+    client: FlaskClient, params: dict[str, Any] | None, query: str = f"?orgId={ORG}", raw: bytes | None = None
+):
     if raw is not None:
         return client.post("/desk/push" + query, data=raw, content_type="application/json")
     body = desk_push_body({"desk": {"channelId": "x", "channelToken": "y"}})
@@ -60,7 +64,7 @@ def test_body_that_is_not_a_json_object_is_400(send, raw):
 @pytest.mark.parametrize("missing", ["channelId", "channelToken", "both"])
 def test_missing_credentials_are_401(send, channel, missing):
     params = creds(channel)
-    for key in (["channelId", "channelToken"] if missing == "both" else [missing]):
+    for key in ["channelId", "channelToken"] if missing == "both" else [missing]:
         params.pop(key)
     assert_error(send(params), 401, "missing_credentials")
 

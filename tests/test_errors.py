@@ -22,8 +22,16 @@ def test_unknown_path_is_json_404(client):
     assert_json_error(client.get("/nowhere"), 404, "not_found")
 
 
-@pytest.mark.parametrize(("method", "path"), [("get", "/desk/pull"), ("put", "/desk/push"), ("delete", "/api/channels"),
-                                              ("get", "/inbound/ch_x"), ("post", "/healthz")])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("get", "/desk/pull"),
+        ("put", "/desk/push"),
+        ("delete", "/api/channels"),
+        ("get", "/inbound/ch_x"),
+        ("post", "/healthz"),
+    ],
+)
 def test_wrong_method_is_json_405_with_allow_header(client, method, path):
     answer = getattr(client, method)(path)
     assert_json_error(answer, 405, "method_not_allowed")
@@ -35,7 +43,9 @@ def test_body_over_max_body_bytes_is_json_413(make_app, new_channel, path):
     app = make_app(MAX_BODY_BYTES="2048")
     created = new_channel()
     answer = app.test_client().post(
-        path.format(id=created["id"]), data=b"{" + b" " * 4096 + b"}", content_type="application/json",
+        path.format(id=created["id"]),
+        data=b"{" + b" " * 4096 + b"}",
+        content_type="application/json",
         headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
     )
     assert_json_error(answer, 413, "request_entity_too_large")

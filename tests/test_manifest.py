@@ -20,7 +20,7 @@ def test_channel_resource_points_at_our_pull_and_push_endpoints(app):
     for kind in ("pull", "push"):
         url = channel["sync"][kind]
         assert url.startswith(base + "/")
-        path = url[len(base):]
+        path = url[len(base) :]
         assert "POST" in routes[path], f"{kind} URL {url} is not served"
 
 

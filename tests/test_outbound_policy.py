@@ -69,7 +69,7 @@ def test_host_names_are_checked_against_what_they_resolve_to(monkeypatch):
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[host], port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", resolve)
-    with pytest.raises(AddressRefused, match="10.1.2.3"):
+    with pytest.raises(AddressRefused, match=r"10\.1\.2\.3"):
         check_outbound_url("https://intranet.example/hook", allow_private=False)
     check_outbound_url("https://www.example/hook", allow_private=False)
 

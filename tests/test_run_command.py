@@ -44,8 +44,13 @@ def test_make_run_starts_gunicorn_on_a_fresh_sqlite_database(tmp_path):
     env = {key: value for key, value in os.environ.items() if key not in ("DATABASE_URL", "SECRET_KEY")}
     env.update(INSTANCE_PATH=str(tmp_path / "instance"), BIND=f"127.0.0.1:{port}", WEB_CONCURRENCY="1", THREADS="2")
     process = subprocess.Popen(
-        ["make", "--no-print-directory", "run"], cwd=ROOT, env=env, text=True,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        ["make", "--no-print-directory", "run"],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         wait_for_line(process.stdout, "Booting worker", timeout=120)

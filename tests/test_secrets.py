@@ -49,17 +49,25 @@ def test_no_secret_in_logs_or_database_after_a_full_cycle(app, client, caplog, r
     caplog.set_level(logging.DEBUG)
     logging.getLogger("sqlalchemy.engine").setLevel(logging.INFO)  # logs every SQL parameter
     try:
-        created = client.post("/api/channels", json={"connector": "webhook", "outbound_url": receiver_url},
-                              headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}).json
-        cli_created = json.loads(app.test_cli_runner().invoke(
-            args=["channel", "create", "--connector", "webhook", "--outbound-url", receiver_url]).output)
+        created = client.post(
+            "/api/channels",
+            json={"connector": "webhook", "outbound_url": receiver_url},
+            headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+        ).json
+        cli_created = json.loads(
+            app.test_cli_runner()
+            .invoke(args=["channel", "create", "--connector", "webhook", "--outbound-url", receiver_url])
+            .output
+        )
         caplog.clear()  # creation printed the secrets, by design; from here on they must not show
         body = json.dumps({"id": "m1", "conversation_id": "c1", "text": "hi"})
-        inbound = client.post(created["inbound"]["path"], data=body,
-                              headers=signed_headers(created["inbound"]["secret"], body))
+        inbound = client.post(
+            created["inbound"]["path"], data=body, headers=signed_headers(created["inbound"]["secret"], body)
+        )
         assert inbound.status_code == 200
-        bad = client.post(created["inbound"]["path"], data=body,
-                          headers=signed_headers(cli_created["inbound"]["secret"], body))
+        bad = client.post(
+            created["inbound"]["path"], data=body, headers=signed_headers(cli_created["inbound"]["secret"], body)
+        )
         assert bad.status_code == 401
         assert client.post("/desk/pull?orgId=1", json=desk_pull_body(created)).status_code == 200
         wrong = desk_pull_body(created) | {"channelToken": cli_created["desk"]["channelToken"]}

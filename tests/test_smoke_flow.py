@@ -9,7 +9,9 @@ from tests.support import desk_pull_body, signed_headers
 
 def test_inbound_message_reaches_desk_pull(client, channel):
     body = json.dumps({"id": "m1", "conversation_id": "c1", "text": "Hello\nthere"})
-    answer = client.post(channel["inbound"]["path"], data=body, headers=signed_headers(channel["inbound"]["secret"], body))
+    answer = client.post(
+        channel["inbound"]["path"], data=body, headers=signed_headers(channel["inbound"]["secret"], body)
+    )
     assert answer.status_code == 200, answer.json
     assert answer.json == {"accepted": ["m1"], "duplicates": []}
 
