@@ -38,10 +38,11 @@ def load(schema: Schema, data: Any, message: str = "The request is not valid.") 
     try:
         return schema.load(data)
     except ValidationError as exc:
-        raise ApiError(422, "validation_error", message, fields=_str_keys(exc.messages)) from None
+        raise ApiError(422, "validation_error", message, fields=str_keys(exc.messages)) from None
 
 
-def _str_keys(messages: Any) -> Any:
+def str_keys(messages: Any) -> Any:
+    """Field errors with string keys: marshmallow numbers list items, JSON keys are text."""
     if isinstance(messages, dict):
-        return {str(key): _str_keys(value) for key, value in messages.items()}
+        return {str(key): str_keys(value) for key, value in messages.items()}
     return messages

@@ -12,8 +12,6 @@ from app.keyring import token_matches
 from app.store.models import Channel
 from app.store.queries import get_channel
 
-_BAD_CREDENTIALS = ApiError(401, "invalid_credentials", "Unknown channel or wrong channelToken.")
-
 
 def config_params(value: Any) -> dict[str, Any]:
     """Desk's config params as a dict, given as an object or as [{name, value}, ...]."""
@@ -38,7 +36,8 @@ def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str |
         )
     channel = get_channel(session, channel_id) if len(channel_id) <= 64 else None
     if channel is None or not token_matches(token, channel.desk_token_hash):
-        raise _copy(_BAD_CREDENTIALS)
+        # One answer for both cases: a caller cannot tell which channel ids exist.
+        raise ApiError(401, "invalid_credentials", "Unknown channel or wrong channelToken.")
     if not org_id:
         raise ApiError(400, "missing_org_id", "The orgId query parameter is required.")
     if channel.org_id is not None and channel.org_id != org_id:
@@ -46,7 +45,3 @@ def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str |
     if not channel.enabled:
         raise ApiError(403, "channel_disabled", "This channel is disabled.")
     return channel
-
-
-def _copy(error: ApiError) -> ApiError:
-    return ApiError(error.status, error.code, error.message)
