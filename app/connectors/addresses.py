@@ -37,6 +37,11 @@ def check_outbound_url(url: str, *, allow_private: bool, resolve: bool = True) -
         raise AddressRefused("the outbound URL has no host")
     if parts.username or parts.password:
         raise AddressRefused("the outbound URL must not carry credentials")
+    try:
+        parts.hostname.encode("idna")
+    except UnicodeError:
+        # An empty or overlong label: no HTTP client could connect to it.
+        raise AddressRefused("the outbound host name is not valid") from None
     if allow_private:
         return
     try:
@@ -46,10 +51,14 @@ def check_outbound_url(url: str, *, allow_private: bool, resolve: bool = True) -
         pass  # a host name, not an IP literal
     if parts.hostname.rstrip(".").lower() == "localhost" or parts.hostname.endswith(".localhost"):
         raise AddressRefused("the outbound host localhost is not public")
-    if not resolve:
-        return
+    if resolve:
+        check_resolved(parts.hostname, port or 443)
+
+
+def check_resolved(host: str, port: int) -> None:
+    """Refuse a host if any address it resolves to is not public; a host that does not resolve passes."""
     try:
-        infos = socket.getaddrinfo(parts.hostname, port or 443, proto=socket.IPPROTO_TCP)
+        infos = socket.getaddrinfo(host, port, proto=socket.IPPROTO_TCP)
     except (socket.gaierror, UnicodeError):
         return
     for info in infos:

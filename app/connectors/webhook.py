@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
 from datetime import UTC, datetime
+from http.client import HTTPException
 from http.cookiejar import DefaultCookiePolicy
 from typing import Any
 
@@ -15,8 +17,10 @@ from requests.adapters import HTTPAdapter
 from standardwebhooks.webhooks import Webhook
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
+from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import LocationValueError
 
-from app.connectors.addresses import AddressRefused, check_address, check_outbound_url
+from app.connectors.addresses import AddressRefused, check_address, check_outbound_url, check_resolved
 from app.connectors.base import (
     Delivered,
     DeliveryError,
@@ -39,16 +43,95 @@ def _guard(sock: socket.socket) -> socket.socket:
     return sock
 
 
-class _GuardedHTTPConnection(HTTPConnection):
-    # The check runs on the address actually connected to, so a host name that
-    # resolves differently later (DNS rebinding) cannot slip past it.
+class _Exchange:
+    """The connection a delivery worker is using, so that the waiting thread can cut it off."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._connection: HTTPConnection | None = None
+        self._over = False
+
+    def attach(self, connection: HTTPConnection) -> None:
+        """Called by the worker's connection when it connects or sends a request."""
+        with self._lock:
+            self._connection = connection
+            if self._over:
+                _shut_down(connection)
+
+    def cut_off(self) -> None:
+        """Shut the socket down: a worker blocked reading it wakes up and ends."""
+        with self._lock:
+            self._over = True
+            if self._connection is not None:
+                _shut_down(self._connection)
+
+    def release(self) -> None:
+        """The worker is done; its connection may go back to the pool untouched."""
+        with self._lock:
+            self._over = True
+            self._connection = None
+
+
+def _shut_down(connection: HTTPConnection) -> None:
+    sock = getattr(connection, "sock", None)
+    if sock is not None:
+        with contextlib.suppress(OSError):  # already closed
+            sock.shutdown(socket.SHUT_RDWR)
+
+
+# The exchange of the delivery running on this thread, if any.
+_current = threading.local()
+
+
+def _attach(connection: HTTPConnection) -> None:
+    exchange: _Exchange | None = getattr(_current, "exchange", None)
+    if exchange is not None:
+        exchange.attach(connection)
+
+
+class _TrackedHTTPConnection(HTTPConnection):
+    # A receiver that trickles bytes keeps every socket read inside its timeout;
+    # registering the connection lets the waiting thread shut it down at the deadline.
+    def connect(self) -> None:
+        _attach(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _TrackedHTTPSConnection(HTTPSConnection):
+    def connect(self) -> None:
+        _attach(self)
+        super().connect()
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        _attach(self)
+        super().request(*args, **kwargs)
+
+
+class _GuardedHTTPConnection(_TrackedHTTPConnection):
+    # Refuse private addresses before connecting, then check the address actually
+    # connected to, so that a host name that resolves differently the second time
+    # (DNS rebinding) cannot slip past.
     def _new_conn(self) -> socket.socket:
+        check_resolved(self._dns_host, self.port)
         return _guard(super()._new_conn())
 
 
-class _GuardedHTTPSConnection(HTTPSConnection):
+class _GuardedHTTPSConnection(_TrackedHTTPSConnection):
     def _new_conn(self) -> socket.socket:
+        check_resolved(self._dns_host, self.port)
         return _guard(super()._new_conn())
+
+
+class _TrackedHTTPPool(HTTPConnectionPool):
+    ConnectionCls = _TrackedHTTPConnection
+
+
+class _TrackedHTTPSPool(HTTPSConnectionPool):
+    ConnectionCls = _TrackedHTTPSConnection
 
 
 class _GuardedHTTPPool(HTTPConnectionPool):
@@ -59,12 +142,20 @@ class _GuardedHTTPSPool(HTTPSConnectionPool):
     ConnectionCls = _GuardedHTTPSConnection
 
 
-class _PublicOnlyAdapter(HTTPAdapter):
-    """A transport adapter that connects to public addresses only."""
+class _DeliveryAdapter(HTTPAdapter):
+    """A transport adapter whose connections can be cut off, optionally to public addresses only."""
+
+    def __init__(self, *, public_only: bool) -> None:
+        self._pool_classes: dict[str, type[HTTPConnectionPool]] = (
+            {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+            if public_only
+            else {"http": _TrackedHTTPPool, "https": _TrackedHTTPSPool}
+        )
+        super().__init__()
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _GuardedHTTPPool, "https": _GuardedHTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = self._pool_classes
 
 
 def make_http_session(*, allow_private: bool) -> requests.Session:
@@ -73,10 +164,9 @@ def make_http_session(*, allow_private: bool) -> requests.Session:
     http.trust_env = False
     http.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
     http.headers["User-Agent"] = USER_AGENT
-    if not allow_private:
-        adapter = _PublicOnlyAdapter()
-        http.mount("http://", adapter)
-        http.mount("https://", adapter)
+    adapter = _DeliveryAdapter(public_only=not allow_private)
+    http.mount("http://", adapter)
+    http.mount("https://", adapter)
     return http
 
 
@@ -101,12 +191,17 @@ class WebhookConnector:
         body = orjson.dumps({"type": "reply.created", "data": _payload(reply)})
         headers = self._signed_headers(reply.idempotency_key, body)
         outcome: dict[str, Any] = {}
+        exchange = _Exchange()
 
         def attempt() -> None:
+            _current.exchange = exchange
             try:
                 outcome["result"] = self._post(body, headers, time.monotonic() + timeout)
             except BaseException as exc:  # handed to the waiting thread
                 outcome["error"] = exc
+            finally:
+                exchange.release()
+                _current.exchange = None
 
         # The HTTP exchange runs in a helper thread so that the wait is bounded even
         # when the receiver trickles bytes, which socket timeouts alone do not bound.
@@ -114,6 +209,7 @@ class WebhookConnector:
         worker.start()
         worker.join(timeout)
         if worker.is_alive():
+            exchange.cut_off()
             raise TransientDeliveryError(f"The external service did not answer within {timeout:.1f} s.")
         if "error" in outcome:
             raise _translate(outcome["error"])
@@ -210,8 +306,9 @@ def _translate(exc: BaseException) -> DeliveryError:
         return TransientDeliveryError("The external service did not answer in time.")
     if isinstance(exc, requests.ConnectionError):
         return TransientDeliveryError("The external service could not be reached.")
-    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema)):
+    if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, LocationValueError)):
+        # urllib3 raises LocationValueError itself for some hosts requests accepts (a..b).
         return PermanentDeliveryError("The outbound URL is not valid.")
-    if isinstance(exc, (requests.RequestException, OSError)):
+    if isinstance(exc, (requests.RequestException, OSError, HTTPException, Urllib3Error)):
         return TransientDeliveryError(f"Delivery failed: {type(exc).__name__}.")
     raise exc

@@ -9,6 +9,7 @@ from marshmallow import (
     Schema,
     ValidationError,
     fields,
+    pre_load,
     validate,
     validates_schema,
 )
@@ -43,6 +44,13 @@ class ReplyResourceSchema(Schema):
     hasAttach = fields.Boolean(allow_none=True)
     attachments = fields.List(fields.Raw(), allow_none=True, load_default=list)
     author = fields.Nested(AuthorSchema, allow_none=True, load_default=None)
+
+    @pre_load
+    def _blank_reply_to_is_none(self, data: Any, **_: Any) -> Any:
+        # The thread answered is optional; an empty one means "none", not an invalid reply.
+        if isinstance(data, dict) and isinstance(data.get("replyToExtId"), str) and not data["replyToExtId"].strip():
+            return {**data, "replyToExtId": None}
+        return data
 
     @validates_schema
     def _needs_content(self, data: dict[str, Any], **_: Any) -> None:

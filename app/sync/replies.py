@@ -134,7 +134,7 @@ def _deliver(connector: Connector, outbound: OutboundReply, deadline: float) -> 
 
     retrying = Retrying(
         retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryError) and exc.transient),
-        wait=wait_exponential_jitter(initial=0.1, max=2.0, jitter=0.1),
+        wait=wait_exponential_jitter(multiplier=0.1, max=2.0, jitter=0.1),
         stop=stop_before_delay(max(budget, 0.0)),
         reraise=True,
     )
