@@ -12,8 +12,8 @@ _ACTOR_FIELDS = (("id", "extId"), ("name", "name"), ("name", "displayName"), ("e
 
 def desk_time(moment: datetime) -> str:
     """UTC as Desk writes it: YYYY-MM-DDTHH:MM:SS.sssZ."""
-    utc = moment.astimezone(UTC)
-    return f"{utc:%Y-%m-%dT%H:%M:%S}.{utc.microsecond // 1000:03d}Z"
+    # isoformat, unlike strftime's %Y, always writes four digits of year.
+    return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
 def actor(author: dict[str, Any] | None) -> dict[str, str] | None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC
+from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import (
@@ -16,11 +16,41 @@ from marshmallow import (
 )
 
 from app.errors import ApiError
-from app.validation import Text
+from app.validation import Text, str_keys
 
 MAX_BATCH = 100
-_ID = validate.Length(min=1, max=255)
+
+
+def _not_blank(value: str) -> None:
+    if not value.strip():
+        raise ValidationError("Must not be blank.")
+
+
+_ID = [validate.Length(min=1, max=255), _not_blank]
 _URL = [validate.URL(schemes={"http", "https"}, require_tld=False), validate.Length(max=2048)]
+
+
+class UtcDateTime(fields.DateTime):
+    """An ISO-8601 time loaded as UTC; a time without a zone is taken as UTC."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            # e.g. 0001-01-01T00:30+01:00: no such time in UTC.
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
+
+
+class StrictBoolean(fields.Boolean):
+    """true or false, not the strings and numbers marshmallow takes for them."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> bool:
+        if not isinstance(value, bool):
+            raise self.make_error("invalid", input=value)
+        return value
 
 
 class AuthorSchema(Schema):
@@ -54,12 +84,12 @@ class MessageSchema(Schema):
     conversation_id = Text(required=True, validate=_ID)
     text = Text(allow_none=True)
     html = Text(allow_none=True)
-    created_at = fields.DateTime(format="iso", allow_none=True)
+    created_at = UtcDateTime(format="iso", allow_none=True)
     subject = Text(allow_none=True)
     direction = Text(load_default="in", validate=validate.OneOf(("in", "out")))
     author = fields.Nested(AuthorSchema, allow_none=True)
     attachments = fields.List(fields.Nested(AttachmentSchema), validate=validate.Length(max=100), allow_none=True)
-    can_reply = fields.Boolean(load_default=True)
+    can_reply = StrictBoolean(load_default=True)
     permalink = Text(validate=_URL, allow_none=True)
 
     @validates_schema
@@ -69,12 +99,6 @@ class MessageSchema(Schema):
 
     @post_load
     def _normalise(self, data: dict[str, Any], **_: Any) -> dict[str, Any]:
-        created = data.get("created_at")
-        if created is not None:
-            # A time without a zone is taken as UTC.
-            data["created_at"] = (
-                created.replace(tzinfo=UTC) if created.tzinfo is None else created.astimezone(UTC)
-            )
         if data.get("author"):
             data["author"] = {key: value for key, value in data["author"].items() if value}
         return data
@@ -106,4 +130,4 @@ def load_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _invalid(fields_: Any) -> ApiError:
-    return ApiError(422, "validation_error", "The message is not valid; nothing was stored.", fields=fields_)
+    return ApiError(422, "validation_error", "The message is not valid; nothing was stored.", fields=str_keys(fields_))

@@ -124,8 +124,14 @@ def insert_reply_if_new(session: Session, row: dict[str, Any]) -> bool:
     """Insert a ledger row unless (channel, Desk reply id) exists; True if inserted."""
     dialect = session.get_bind().dialect.name
     make = sqlite_insert if dialect == "sqlite" else pg_insert
-    stmt = make(Reply).values(**row).on_conflict_do_nothing(index_elements=["channel_id", "desk_reply_id"])
-    return session.execute(stmt).rowcount == 1
+    stmt = (
+        make(Reply)
+        .values(**row)
+        .on_conflict_do_nothing(index_elements=["channel_id", "desk_reply_id"])
+        .returning(Reply.id)
+    )
+    # RETURNING, not rowcount: psycopg reports no rowcount for this statement.
+    return session.execute(stmt).scalar_one_or_none() is not None
 
 
 def lock_reply(session: Session, channel_id: str, desk_reply_id: str) -> Reply:
