@@ -113,11 +113,6 @@ def test_message_with_the_id_of_a_failed_reply_attempt_is_accepted(
     assert answer.json == {"accepted": [f"desk-reply-{REPLY_ID}"], "duplicates": []}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: an echo that arrives while its delivery is still in flight is stored before the "
-    "reply is recorded as sent, and reaches Desk (needs a pull-side filter in app/sync/inbox.py)",
-)
 def test_echo_sent_before_the_receiver_answers_never_reaches_desk(
     app: Flask, client: FlaskClient, hooked: dict[str, Any], receiver: Receiver
 ) -> None:

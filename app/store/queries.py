@@ -79,9 +79,23 @@ _MESSAGE_COLUMNS = (
 
 
 def messages_after(session: Session, channel_id: str, after_seq: int, limit: int) -> Sequence[Row[Any]]:
-    """Inbox messages with seq > after_seq, in seq order, at most limit (a range scan)."""
+    """Inbox messages with seq > after_seq, in seq order, at most limit (a range scan).
+
+    Each row says whether it is the echo of a reply we delivered (`is_echo`): an echo
+    can arrive before its delivery is recorded as sent, and so pass the ingest check.
+    """
+    is_echo = (
+        select(Reply.id)
+        .where(
+            Reply.channel_id == InboxMessage.channel_id,
+            Reply.external_id == InboxMessage.ext_id,
+            Reply.status == "sent",
+        )
+        .exists()
+        .label("is_echo")
+    )
     stmt = (
-        select(*_MESSAGE_COLUMNS)
+        select(*_MESSAGE_COLUMNS, is_echo)
         .where(InboxMessage.channel_id == channel_id, InboxMessage.seq > after_seq)
         .order_by(InboxMessage.seq)
         .limit(limit)

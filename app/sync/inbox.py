@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from app.desk import mapping
@@ -118,6 +118,11 @@ def _derived_subject(message: dict[str, Any]) -> str:
     return "(no subject)"
 
 
+# A pull that changes nothing writes nothing: last_pull_at is kept to this resolution
+# (Desk pulls every 4 minutes), so that frequent empty pulls stay pure reads.
+LAST_PULL_RESOLUTION = timedelta(seconds=60)
+
+
 def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | None, limit: int) -> dict[str, Any]:
     """Answer a Desk pull: messages after the cursor, with the tickets they open."""
     with db.session() as session:
@@ -143,11 +148,15 @@ def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | 
     if messages:
         by_seq = {message.seq: message for message in messages}
         response["data"]["tickets"] = [mapping.ticket(c, by_seq[c.first_seq]) for c in conversations]
-        response["data"]["threads"] = [mapping.thread(m) for m in messages]
+        # Echoes of our own delivered replies are skipped, but the cursor moves past them.
+        response["data"]["threads"] = [mapping.thread(m) for m in messages if not m.is_echo]
         response["channelState"] = encode_state(keyring, channel.id, messages[-1].seq)
     elif damaged:
         response["channelState"] = encode_state(keyring, channel.id, cursor)
-    with db.session(write=True) as session:
-        queries.record_pull(session, channel.id, acked, utcnow())
-        session.commit()
+    now = utcnow()
+    acked_grows = acked is not None and acked > channel.acked_seq
+    if acked_grows or channel.last_pull_at is None or now - channel.last_pull_at >= LAST_PULL_RESOLUTION:
+        with db.session(write=True) as session:
+            queries.record_pull(session, channel.id, acked, now)
+            session.commit()
     return response
