@@ -5,12 +5,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.orm import Session
 
 from app.errors import ApiError
 from app.keyring import token_matches
-from app.store.models import Channel
-from app.store.queries import get_channel
+from app.store.queries import channel_row
 
 
 def config_params(value: Any) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def config_params(value: Any) -> dict[str, Any]:
     return {}
 
 
-def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str | None) -> Channel:
+def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str | None) -> Row[Any]:
     """The channel a Desk request belongs to; raises ApiError in SPEC B2's order."""
     channel_id = params.get("channelId")
     token = params.get("channelToken")
@@ -34,7 +34,7 @@ def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str |
         raise ApiError(
             401, "missing_credentials", "The config params channelId and channelToken are required."
         )
-    channel = get_channel(session, channel_id) if len(channel_id) <= 64 else None
+    channel = channel_row(session, channel_id) if len(channel_id) <= 64 else None
     if channel is None or not token_matches(token, channel.desk_token_hash):
         # One answer for both cases: a caller cannot tell which channel ids exist.
         raise ApiError(401, "invalid_credentials", "Unknown channel or wrong channelToken.")

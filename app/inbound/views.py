@@ -10,7 +10,7 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from app.errors import ApiError, json_response, parse_json_object
 from app.inbound.schemas import load_messages
 from app.services import services
-from app.store.queries import get_channel
+from app.store.queries import channel_row
 from app.sync import inbox
 
 inbound = Blueprint("inbound", __name__)
@@ -20,7 +20,7 @@ inbound = Blueprint("inbound", __name__)
 def receive(channel_id: str) -> Response:
     svc = services()
     with svc.db.session() as session:
-        channel = get_channel(session, channel_id) if len(channel_id) <= 64 else None
+        channel = channel_row(session, channel_id) if len(channel_id) <= 64 else None
         if channel is None:
             raise ApiError(404, "unknown_channel", "There is no such channel.")
         secret = svc.keyring.decrypt(channel.inbound_secret)

@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
-from sqlalchemy.pool import NullPool
 
 # A write transaction on SQLite starts with BEGIN IMMEDIATE: it takes the database
 # write lock at once (waiting up to busy_timeout), so a transaction never fails
@@ -32,9 +31,10 @@ def _sqlite_engine(url: str) -> Engine:
     memory = make_url(url).database in (None, "", ":memory:")
     engine = create_engine(
         url,
-        # One connection per checkout: cheap for SQLite, and no shared state
-        # between threads. An in-memory database keeps the default pool.
-        **({} if memory else {"poolclass": NullPool}),
+        # Pooled connections: opening one and setting its pragmas costs more than
+        # a whole empty pull. A pooled connection is used by one thread at a time.
+        pool_size=8,
+        max_overflow=16,
         connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
     )
 

@@ -6,27 +6,38 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.store.models import Channel, Conversation, InboxMessage, Reply
 
+# The statements of the request paths are built once, with bound parameters, and run
+# on the session's connection as Core: building a statement, or loading ORM objects,
+# costs more than running the query on an indexed key.
+_channels = Channel.__table__
+_CHANNEL_BY_ID = select(_channels).where(_channels.c.id == bindparam("channel_id"))
+_LOCK_CHANNEL = select(_channels.c.last_seq).where(_channels.c.id == bindparam("channel_id")).with_for_update()
+
 
 def get_channel(session: Session, channel_id: str) -> Channel | None:
-    """The channel with this id, or None."""
+    """The channel with this id as an ORM object (for changes), or None."""
     return session.get(Channel, channel_id)
 
 
-def lock_channel(session: Session, channel_id: str) -> Channel | None:
-    """Load a channel and hold its lock until commit.
+def channel_row(session: Session, channel_id: str) -> Row[Any] | None:
+    """The channel with this id as a read-only row, or None: the request paths' lookup."""
+    return session.connection().execute(_CHANNEL_BY_ID, {"channel_id": channel_id}).first()
+
+
+def lock_channel(session: Session, channel_id: str) -> int | None:
+    """Lock a channel until commit and return its last_seq; None if there is no such channel.
 
     PostgreSQL: the channel row (SELECT ... FOR UPDATE). SQLite: the write
     transaction (BEGIN IMMEDIATE) already holds the database write lock.
     """
-    stmt = select(Channel).where(Channel.id == channel_id).with_for_update()
-    return session.execute(stmt).scalar_one_or_none()
+    return session.connection().execute(_LOCK_CHANNEL, {"channel_id": channel_id}).scalar_one_or_none()
 
 
 def existing_message_ids(session: Session, channel_id: str, ext_ids: Sequence[str]) -> set[str]:
@@ -78,45 +89,49 @@ _MESSAGE_COLUMNS = (
 )
 
 
+_IS_ECHO = (
+    select(Reply.id)
+    .where(
+        Reply.channel_id == InboxMessage.channel_id,
+        Reply.external_id == InboxMessage.ext_id,
+        Reply.status == "sent",
+    )
+    .exists()
+    .label("is_echo")
+)
+_MESSAGES_AFTER = (
+    select(*_MESSAGE_COLUMNS, _IS_ECHO)
+    .where(InboxMessage.channel_id == bindparam("channel_id"), InboxMessage.seq > bindparam("after_seq"))
+    .order_by(InboxMessage.seq)
+    .limit(bindparam("limit"))
+)
+_CONVERSATIONS_FIRST_BETWEEN = (
+    select(Conversation.ext_id, Conversation.subject, Conversation.first_seq)
+    .where(
+        Conversation.channel_id == bindparam("channel_id"),
+        Conversation.first_seq > bindparam("after_seq"),
+        Conversation.first_seq <= bindparam("last_seq"),
+    )
+    .order_by(Conversation.first_seq)
+)
+
+
 def messages_after(session: Session, channel_id: str, after_seq: int, limit: int) -> Sequence[Row[Any]]:
     """Inbox messages with seq > after_seq, in seq order, at most limit (a range scan).
 
     Each row says whether it is the echo of a reply we delivered (`is_echo`): an echo
     can arrive before its delivery is recorded as sent, and so pass the ingest check.
     """
-    is_echo = (
-        select(Reply.id)
-        .where(
-            Reply.channel_id == InboxMessage.channel_id,
-            Reply.external_id == InboxMessage.ext_id,
-            Reply.status == "sent",
-        )
-        .exists()
-        .label("is_echo")
-    )
-    stmt = (
-        select(*_MESSAGE_COLUMNS, is_echo)
-        .where(InboxMessage.channel_id == channel_id, InboxMessage.seq > after_seq)
-        .order_by(InboxMessage.seq)
-        .limit(limit)
-    )
-    return session.execute(stmt).all()
+    params = {"channel_id": channel_id, "after_seq": after_seq, "limit": limit}
+    return session.connection().execute(_MESSAGES_AFTER, params).all()
 
 
 def conversations_first_between(
     session: Session, channel_id: str, after_seq: int, last_seq: int
 ) -> Sequence[Row[Any]]:
     """Conversations whose first message has after_seq < seq <= last_seq."""
-    stmt = (
-        select(Conversation.ext_id, Conversation.subject, Conversation.first_seq)
-        .where(
-            Conversation.channel_id == channel_id,
-            Conversation.first_seq > after_seq,
-            Conversation.first_seq <= last_seq,
-        )
-        .order_by(Conversation.first_seq)
-    )
-    return session.execute(stmt).all()
+    params = {"channel_id": channel_id, "after_seq": after_seq, "last_seq": last_seq}
+    return session.connection().execute(_CONVERSATIONS_FIRST_BETWEEN, params).all()
 
 
 def record_pull(session: Session, channel_id: str, acked_seq: int | None, now: datetime) -> None:

@@ -39,13 +39,13 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     for message in messages:
         first_by_id.setdefault(message["id"], message)
     with db.session(write=True) as session:
-        channel = queries.lock_channel(session, channel_id)
-        if channel is None:
+        last_seq = queries.lock_channel(session, channel_id)
+        if last_seq is None:
             raise ApiError(404, "unknown_channel", "There is no such channel.")
         known = queries.existing_message_ids(session, channel_id, list(first_by_id))
         fresh = [m for m in first_by_id.values() if m["id"] not in known]
         if fresh:
-            _store_fresh(session, channel_id, channel.last_seq, fresh, now)
+            _store_fresh(session, channel_id, last_seq, fresh, now)
             session.commit()
     accepted = [m["id"] for m in fresh]
     accepted_set = set(accepted)
