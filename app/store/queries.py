@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, update
+from sqlalchemy import Row, bindparam, func, insert, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -40,17 +40,36 @@ def lock_channel(session: Session, channel_id: str) -> int | None:
     return session.connection().execute(_LOCK_CHANNEL, {"channel_id": channel_id}).scalar_one_or_none()
 
 
+_inbox = InboxMessage.__table__
+_conversations = Conversation.__table__
+_replies = Reply.__table__
+_EXISTING_MESSAGE_IDS = union(
+    select(_inbox.c.ext_id).where(
+        _inbox.c.channel_id == bindparam("channel_id"), _inbox.c.ext_id.in_(bindparam("inbox_ids", expanding=True))
+    ),
+    select(_replies.c.external_id).where(
+        _replies.c.channel_id == bindparam("channel_id"),
+        _replies.c.status == "sent",
+        _replies.c.external_id.in_(bindparam("reply_ids", expanding=True)),
+    ),
+)
+_EXISTING_CONVERSATION_IDS = select(_conversations.c.ext_id).where(
+    _conversations.c.channel_id == bindparam("channel_id"),
+    _conversations.c.ext_id.in_(bindparam("ids", expanding=True)),
+)
+_ADVANCE_LAST_SEQ = (
+    update(_channels).where(_channels.c.id == bindparam("channel_id")).values(last_seq=bindparam("new_last_seq"))
+)
+_INSERT_CONVERSATIONS = insert(_conversations)
+_INSERT_MESSAGES = insert(_inbox)
+
+
 def existing_message_ids(session: Session, channel_id: str, ext_ids: Sequence[str]) -> set[str]:
     """The ids among ext_ids already in the inbox or delivered by us as replies."""
     if not ext_ids:
         return set()
-    inbox = select(InboxMessage.ext_id).where(
-        InboxMessage.channel_id == channel_id, InboxMessage.ext_id.in_(ext_ids)
-    )
-    echoes = select(Reply.external_id).where(
-        Reply.channel_id == channel_id, Reply.status == "sent", Reply.external_id.in_(ext_ids)
-    )
-    return set(session.scalars(inbox.union(echoes)))
+    params = {"channel_id": channel_id, "inbox_ids": list(ext_ids), "reply_ids": list(ext_ids)}
+    return set(session.connection().execute(_EXISTING_MESSAGE_IDS, params).scalars())
 
 
 def existing_conversation_ids(session: Session, channel_id: str, ext_ids: Iterable[str]) -> set[str]:
@@ -58,21 +77,25 @@ def existing_conversation_ids(session: Session, channel_id: str, ext_ids: Iterab
     ids = list(ext_ids)
     if not ids:
         return set()
-    stmt = select(Conversation.ext_id).where(
-        Conversation.channel_id == channel_id, Conversation.ext_id.in_(ids)
-    )
-    return set(session.scalars(stmt))
+    params = {"channel_id": channel_id, "ids": ids}
+    return set(session.connection().execute(_EXISTING_CONVERSATION_IDS, params).scalars())
 
 
-def insert_rows(session: Session, model: type[Any], rows: list[dict[str, Any]]) -> None:
-    """Insert many rows in one executemany."""
+def insert_conversations(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert conversations in one executemany."""
     if rows:
-        session.execute(insert(model), rows)
+        session.connection().execute(_INSERT_CONVERSATIONS, rows)
+
+
+def insert_messages(session: Session, rows: list[dict[str, Any]]) -> None:
+    """Insert inbox messages in one executemany."""
+    if rows:
+        session.connection().execute(_INSERT_MESSAGES, rows)
 
 
 def advance_last_seq(session: Session, channel_id: str, last_seq: int) -> None:
     """Record the channel's newest inbox seq."""
-    session.execute(update(Channel).where(Channel.id == channel_id).values(last_seq=last_seq))
+    session.connection().execute(_ADVANCE_LAST_SEQ, {"channel_id": channel_id, "new_last_seq": last_seq})
 
 
 _MESSAGE_COLUMNS = (

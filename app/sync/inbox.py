@@ -16,7 +16,6 @@ from app.keyring import Keyring
 from app.rendering import html_to_text, subject_line
 from app.store import queries
 from app.store.database import Database
-from app.store.models import Conversation, InboxMessage
 from app.sync.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -81,8 +80,8 @@ def _store_fresh(session: Any, channel_id: str, last_seq: int, fresh: list[dict[
         first = row.pop("_first")
         row["subject"] = (row["subject"] or "").strip()[:255] or _derived_subject(first)
         conversations.append(row)
-    queries.insert_rows(session, Conversation, conversations)
-    queries.insert_rows(session, InboxMessage, rows)
+    queries.insert_conversations(session, conversations)
+    queries.insert_messages(session, rows)
     queries.advance_last_seq(session, channel_id, seq)
 
 
