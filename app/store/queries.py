@@ -149,9 +149,7 @@ def messages_after(session: Session, channel_id: str, after_seq: int, limit: int
     return session.connection().execute(_MESSAGES_AFTER, params).all()
 
 
-def conversations_first_between(
-    session: Session, channel_id: str, after_seq: int, last_seq: int
-) -> Sequence[Row[Any]]:
+def conversations_first_between(session: Session, channel_id: str, after_seq: int, last_seq: int) -> Sequence[Row[Any]]:
     """Conversations whose first message has after_seq < seq <= last_seq."""
     params = {"channel_id": channel_id, "after_seq": after_seq, "last_seq": last_seq}
     return session.connection().execute(_CONVERSATIONS_FIRST_BETWEEN, params).all()
@@ -172,28 +170,94 @@ def _greatest(session: Session, column: Any, value: int) -> Any:
     return getattr(func, name)(column, value)
 
 
-def insert_reply_if_new(session: Session, row: dict[str, Any]) -> bool:
-    """Insert a ledger row unless (channel, Desk reply id) exists; True if inserted."""
-    dialect = session.get_bind().dialect.name
-    make = sqlite_insert if dialect == "sqlite" else pg_insert
-    stmt = (
-        make(Reply)
-        .values(**row)
-        .on_conflict_do_nothing(index_elements=["channel_id", "desk_reply_id"])
-        .returning(Reply.id)
-    )
+_LEDGER_COLUMNS = (
+    _replies.c.id,
+    _replies.c.desk_reply_id,
+    _replies.c.status,
+    _replies.c.conversation_ext_id,
+    _replies.c.in_reply_to,
+    _replies.c.content,
+    _replies.c.content_type,
+    _replies.c.author,
+    _replies.c.attachments,
+    _replies.c.external_id,
+    _replies.c.attempt_started_at,
+    _replies.c.sent_at,
+    _replies.c.updated_at,
+)
+_INSERT_REPLY_IF_NEW = {
+    name: make(_replies)
+    .on_conflict_do_nothing(index_elements=["channel_id", "desk_reply_id"])
+    .returning(*_LEDGER_COLUMNS)
+    for name, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
+_LOCK_REPLY = (
+    select(*_LEDGER_COLUMNS)
+    .where(_replies.c.channel_id == bindparam("channel_id"), _replies.c.desk_reply_id == bindparam("reply_id"))
+    .with_for_update()
+)
+_RECLAIM_REPLY = (
+    update(_replies)
+    .where(_replies.c.id == bindparam("ledger_id"))
+    .values(status="pending", attempt_started_at=bindparam("now"), updated_at=bindparam("now"))
+)
+
+
+def insert_reply_if_new(session: Session, row: dict[str, Any]) -> Row[Any] | None:
+    """Insert a ledger row unless (channel, Desk reply id) exists; the new row, or None."""
     # RETURNING, not rowcount: psycopg reports no rowcount for this statement.
-    return session.execute(stmt).scalar_one_or_none() is not None
+    stmt = _INSERT_REPLY_IF_NEW[session.get_bind().dialect.name]
+    return session.connection().execute(stmt, row).first()
 
 
-def lock_reply(session: Session, channel_id: str, desk_reply_id: str) -> Reply:
+def lock_reply(session: Session, channel_id: str, desk_reply_id: str) -> Row[Any]:
     """The ledger row of a reply, locked until commit."""
-    stmt = (
-        select(Reply)
-        .where(Reply.channel_id == channel_id, Reply.desk_reply_id == desk_reply_id)
-        .with_for_update()
+    params = {"channel_id": channel_id, "reply_id": desk_reply_id}
+    return session.connection().execute(_LOCK_REPLY, params).one()
+
+
+def reclaim_reply(session: Session, ledger_id: int, now: datetime) -> None:
+    """Mark a ledger row pending again, its delivery starting now."""
+    session.connection().execute(_RECLAIM_REPLY, {"ledger_id": ledger_id, "now": now})
+
+
+_RECORD_OUTCOME = (
+    update(_replies)
+    .where(_replies.c.id == bindparam("ledger_id"), _replies.c.attempt_started_at == bindparam("claimed_at"))
+    .values(
+        attempts=_replies.c.attempts + bindparam("more_attempts"),
+        status=bindparam("new_status"),
+        external_id=bindparam("new_external_id"),
+        sent_at=bindparam("new_sent_at"),
+        last_error=bindparam("new_last_error"),
+        updated_at=bindparam("now"),
     )
-    return session.execute(stmt).scalar_one()
+)
+
+
+def record_outcome(
+    session: Session,
+    ledger_id: int,
+    claimed_at: datetime,
+    *,
+    attempts: int,
+    status: str,
+    now: datetime,
+    external_id: str | None = None,
+    last_error: str | None = None,
+) -> bool:
+    """Write a delivery's outcome, unless another request has claimed the reply since."""
+    params = {
+        "ledger_id": ledger_id,
+        "claimed_at": claimed_at,
+        "more_attempts": attempts,
+        "new_status": status,
+        "new_external_id": external_id,
+        "new_sent_at": now if status == "sent" else None,
+        "new_last_error": last_error,
+        "now": now,
+    }
+    return session.connection().execute(_RECORD_OUTCOME, params).rowcount == 1
 
 
 def list_channels(session: Session) -> Sequence[Channel]:

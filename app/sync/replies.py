@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import update
+from sqlalchemy import Row
 from tenacity import (
     Retrying,
     retry_if_exception,
@@ -26,7 +26,6 @@ from app.keyring import Keyring
 from app.rendering import html_to_text
 from app.store import queries
 from app.store.database import Database
-from app.store.models import Reply
 from app.sync.clock import utcnow
 from app.validation import load
 
@@ -40,6 +39,9 @@ class PushAnswer:
 
 
 ConnectorFor = Callable[[ChannelEndpoint], Connector]
+
+
+_RESOURCE = ReplyResourceSchema()
 
 
 def push_reply(
@@ -58,7 +60,7 @@ def push_reply(
     if not isinstance(resource, dict):
         raise ApiError(422, "validation_error", "The reply is not valid.",
                        fields={"resource": ["Missing data for required field."]})
-    reply_in = load(ReplyResourceSchema(), resource, "The reply is not valid.")
+    reply_in = load(_RESOURCE, resource, "The reply is not valid.")
     claim = _claim(db, channel.id, reply_in, deadline_seconds)
     if isinstance(claim, PushAnswer):
         return claim
@@ -70,11 +72,11 @@ def push_reply(
 
 def _claim(
     db: Database, channel_id: str, reply_in: dict[str, Any], deadline_seconds: float
-) -> PushAnswer | tuple[Reply, datetime]:
+) -> PushAnswer | tuple[Row[Any], datetime]:
     """Record the reply as pending (committed before any delivery), or answer without delivering."""
     now = utcnow()
     with db.session(write=True) as session:
-        inserted = queries.insert_reply_if_new(session, {
+        reply = queries.insert_reply_if_new(session, {
             "channel_id": channel_id,
             "desk_reply_id": reply_in["id"],
             "status": "pending",
@@ -89,10 +91,10 @@ def _claim(
             "attempt_started_at": now,
             "updated_at": now,
         })
-        reply = queries.lock_reply(session, channel_id, reply_in["id"])
-        if not inserted:
+        if reply is None:
+            reply = queries.lock_reply(session, channel_id, reply_in["id"])
             if reply.status == "sent":
-                return PushAnswer(200, _success_body(reply))
+                return PushAnswer(200, _success_body(reply, reply.external_id, reply.sent_at or reply.updated_at))
             in_flight_until = (reply.attempt_started_at or now) + timedelta(seconds=deadline_seconds + 1)
             if reply.status == "pending" and now < in_flight_until:
                 return PushAnswer(409, {
@@ -100,14 +102,12 @@ def _claim(
                     "message": "This reply is being delivered right now; ask again in a few seconds.",
                 })
             # failed (the caller asked again), or pending left behind by a crash
-            reply.status = "pending"
-            reply.attempt_started_at = now
-            reply.updated_at = now
+            queries.reclaim_reply(session, reply.id, now)
         session.commit()
         return reply, now
 
 
-def _outbound(channel_id: str, reply: Reply) -> OutboundReply:
+def _outbound(channel_id: str, reply: Row[Any]) -> OutboundReply:
     text = html_to_text(reply.content) if reply.content_type == "text/html" else reply.content
     return OutboundReply(
         channel_id=channel_id,
@@ -145,36 +145,33 @@ def _deliver(connector: Connector, outbound: OutboundReply, deadline: float) -> 
 
 
 def _finish(
-    db: Database, reply: Reply, claimed_at: datetime, outcome: Delivered | DeliveryError, attempts: int
+    db: Database, reply: Row[Any], claimed_at: datetime, outcome: Delivered | DeliveryError, attempts: int
 ) -> PushAnswer:
     """Record the outcome in the ledger and build the answer."""
     now = utcnow()
-    values: dict[str, Any] = {"attempts": Reply.attempts + attempts, "updated_at": now}
-    if isinstance(outcome, Delivered):
-        values.update(status="sent", external_id=outcome.external_id or f"desk-reply-{reply.desk_reply_id}",
-                      sent_at=now, last_error=None)
-    else:
-        values.update(status="failed", last_error=outcome.message)
     with db.session(write=True) as session:
         # Only the request that holds the claim writes its outcome.
-        session.execute(
-            update(Reply).where(Reply.id == reply.id, Reply.attempt_started_at == claimed_at).values(**values)
-        )
+        if isinstance(outcome, Delivered):
+            external_id = outcome.external_id or f"desk-reply-{reply.desk_reply_id}"
+            queries.record_outcome(session, reply.id, claimed_at, attempts=attempts, status="sent", now=now,
+                                   external_id=external_id)
+        else:
+            queries.record_outcome(session, reply.id, claimed_at, attempts=attempts, status="failed", now=now,
+                                   last_error=outcome.message)
         session.commit()
     if isinstance(outcome, Delivered):
-        reply.external_id, reply.sent_at = values["external_id"], now
-        return PushAnswer(200, _success_body(reply))
+        return PushAnswer(200, _success_body(reply, external_id, now))
     if outcome.transient:
         return PushAnswer(502, {"error": "delivery_failed",
                                 "message": f"{outcome.message} The reply was not delivered ({attempts} attempts)."})
     return PushAnswer(422, {"error": "delivery_rejected", "message": f"{outcome.message} The reply was not delivered."})
 
 
-def _success_body(reply: Reply) -> dict[str, Any]:
+def _success_body(reply: Row[Any], external_id: str, sent_at: datetime) -> dict[str, Any]:
     return {
-        "extId": reply.external_id,
+        "extId": external_id,
         "extParentId": reply.conversation_ext_id,
-        "createdTime": mapping.desk_time(reply.sent_at or reply.updated_at),
+        "createdTime": mapping.desk_time(sent_at),
         "direction": "out",
         "content": reply.content,
         "contentType": reply.content_type,
