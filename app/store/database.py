@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
@@ -54,10 +56,35 @@ def _sqlite_engine(url: str) -> Engine:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Any) -> None:
-        write = conn.get_execution_options().get("deskbridge_write")
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
+        # Reads run without an explicit transaction (each statement sees the latest
+        # commit): no read depends on a snapshot across statements, because a
+        # conversation is committed together with its first message.
+        if conn.get_execution_options().get("deskbridge_write"):
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     return engine
+
+
+class _WriterQueue:
+    """Serialises SQLite writers of all processes on a blocking file lock.
+
+    SQLite's own busy handler polls with sleeps of 1 to 100 ms, so under
+    contention writers spend most of their time asleep while the lock is free.
+    A blocked flock() wakes as soon as the holder lets go. Each acquisition
+    opens its own descriptor, so threads of one process queue as well.
+    """
+
+    def __init__(self, database_path: str) -> None:
+        self._path = database_path + ".writelock"
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)  # releases the lock
 
 
 class Database:
@@ -66,21 +93,30 @@ class Database:
     def __init__(self, url: str) -> None:
         self.engine = make_engine(url)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
+        database = self.engine.url.database
+        self._writers = (
+            _WriterQueue(database) if self.is_sqlite and database not in (None, "", ":memory:") else None
+        )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:
-        """A session whose transaction is committed by the caller, rolled back on error."""
-        session = self._sessions()
-        try:
-            if write:
-                session.connection(execution_options=_WRITE)
-            yield session
-        except BaseException:
-            session.rollback()
-            raise
-        finally:
-            session.close()
+        """A session whose transaction is committed by the caller, rolled back on error.
+
+        A write session holds the database's write lock (SQLite) from its start;
+        on PostgreSQL the use case locks the rows it needs.
+        """
+        with self._writers.held() if write and self._writers else nullcontext():
+            session = self._sessions()
+            try:
+                if write:
+                    session.connection(execution_options=_WRITE)
+                yield session
+            except BaseException:
+                session.rollback()
+                raise
+            finally:
+                session.close()
 
     def ping(self) -> None:
         """Raise if the database does not answer."""
