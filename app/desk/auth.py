@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Row
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Row
 
 from app.errors import ApiError
 from app.keyring import token_matches
@@ -26,7 +25,7 @@ def config_params(value: Any) -> dict[str, Any]:
     return {}
 
 
-def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str | None) -> Row[Any]:
+def authenticate_desk(conn: Connection, params: Mapping[str, Any], org_id: str | None) -> Row[Any]:
     """The channel a Desk request belongs to; raises ApiError in SPEC B2's order."""
     channel_id = params.get("channelId")
     token = params.get("channelToken")
@@ -34,7 +33,7 @@ def authenticate_desk(session: Session, params: Mapping[str, Any], org_id: str |
         raise ApiError(
             401, "missing_credentials", "The config params channelId and channelToken are required."
         )
-    channel = channel_row(session, channel_id) if len(channel_id) <= 64 else None
+    channel = channel_row(conn, channel_id) if len(channel_id) <= 64 else None
     if channel is None or not token_matches(token, channel.desk_token_hash):
         # One answer for both cases: a caller cannot tell which channel ids exist.
         raise ApiError(401, "invalid_credentials", "Unknown channel or wrong channelToken.")

@@ -19,8 +19,8 @@ inbound = Blueprint("inbound", __name__)
 @inbound.post("/inbound/<channel_id>")
 def receive(channel_id: str) -> Response:
     svc = services()
-    with svc.db.session() as session:
-        channel = channel_row(session, channel_id) if len(channel_id) <= 64 else None
+    with svc.db.read() as conn:
+        channel = channel_row(conn, channel_id) if len(channel_id) <= 64 else None
         if channel is None:
             raise ApiError(404, "unknown_channel", "There is no such channel.")
         secret = svc.keyring.decrypt(channel.inbound_secret)

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -98,6 +98,24 @@ class Database:
             _WriterQueue(database) if self.is_sqlite and database not in (None, "", ":memory:") else None
         )
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, autoflush=False)
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A connection for reads (SQLite: each statement sees the latest commit)."""
+        with self.engine.connect() as conn:
+            yield conn
+
+    @contextmanager
+    def write(self) -> Iterator[Connection]:
+        """A connection in a write transaction, committed when the block ends without error.
+
+        On SQLite the transaction holds the database write lock from its start; on
+        PostgreSQL the use case locks the rows it needs.
+        """
+        with self._writers.held() if self._writers else nullcontext(), self.engine.connect() as conn:
+            conn.execution_options(**_WRITE)
+            with conn.begin():
+                yield conn
 
     @contextmanager
     def session(self, *, write: bool = False) -> Iterator[Session]:

@@ -6,16 +6,16 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, bindparam, func, insert, select, union, update
+from sqlalchemy import Connection, Row, bindparam, func, insert, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.store.models import Channel, Conversation, InboxMessage, Reply
 
-# The statements of the request paths are built once, with bound parameters, and run
-# on the session's connection as Core: building a statement, or loading ORM objects,
-# costs more than running the query on an indexed key.
+# The request paths run Core statements on a plain Connection, built once with bound
+# parameters: building a statement, loading ORM objects or keeping an ORM session
+# costs more than running the query on an indexed key. Admin code uses the ORM.
 _channels = Channel.__table__
 _CHANNEL_BY_ID = select(_channels).where(_channels.c.id == bindparam("channel_id"))
 _LOCK_CHANNEL = select(_channels.c.last_seq).where(_channels.c.id == bindparam("channel_id")).with_for_update()
@@ -26,18 +26,18 @@ def get_channel(session: Session, channel_id: str) -> Channel | None:
     return session.get(Channel, channel_id)
 
 
-def channel_row(session: Session, channel_id: str) -> Row[Any] | None:
+def channel_row(conn: Connection, channel_id: str) -> Row[Any] | None:
     """The channel with this id as a read-only row, or None: the request paths' lookup."""
-    return session.connection().execute(_CHANNEL_BY_ID, {"channel_id": channel_id}).first()
+    return conn.execute(_CHANNEL_BY_ID, {"channel_id": channel_id}).first()
 
 
-def lock_channel(session: Session, channel_id: str) -> int | None:
+def lock_channel(conn: Connection, channel_id: str) -> int | None:
     """Lock a channel until commit and return its last_seq; None if there is no such channel.
 
     PostgreSQL: the channel row (SELECT ... FOR UPDATE). SQLite: the write
     transaction (BEGIN IMMEDIATE) already holds the database write lock.
     """
-    return session.connection().execute(_LOCK_CHANNEL, {"channel_id": channel_id}).scalar_one_or_none()
+    return conn.execute(_LOCK_CHANNEL, {"channel_id": channel_id}).scalar_one_or_none()
 
 
 _inbox = InboxMessage.__table__
@@ -64,38 +64,38 @@ _INSERT_CONVERSATIONS = insert(_conversations)
 _INSERT_MESSAGES = insert(_inbox)
 
 
-def existing_message_ids(session: Session, channel_id: str, ext_ids: Sequence[str]) -> set[str]:
+def existing_message_ids(conn: Connection, channel_id: str, ext_ids: Sequence[str]) -> set[str]:
     """The ids among ext_ids already in the inbox or delivered by us as replies."""
     if not ext_ids:
         return set()
     params = {"channel_id": channel_id, "inbox_ids": list(ext_ids), "reply_ids": list(ext_ids)}
-    return set(session.connection().execute(_EXISTING_MESSAGE_IDS, params).scalars())
+    return set(conn.execute(_EXISTING_MESSAGE_IDS, params).scalars())
 
 
-def existing_conversation_ids(session: Session, channel_id: str, ext_ids: Iterable[str]) -> set[str]:
+def existing_conversation_ids(conn: Connection, channel_id: str, ext_ids: Iterable[str]) -> set[str]:
     """The conversation ids among ext_ids that the channel already has."""
     ids = list(ext_ids)
     if not ids:
         return set()
     params = {"channel_id": channel_id, "ids": ids}
-    return set(session.connection().execute(_EXISTING_CONVERSATION_IDS, params).scalars())
+    return set(conn.execute(_EXISTING_CONVERSATION_IDS, params).scalars())
 
 
-def insert_conversations(session: Session, rows: list[dict[str, Any]]) -> None:
+def insert_conversations(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert conversations in one executemany."""
     if rows:
-        session.connection().execute(_INSERT_CONVERSATIONS, rows)
+        conn.execute(_INSERT_CONVERSATIONS, rows)
 
 
-def insert_messages(session: Session, rows: list[dict[str, Any]]) -> None:
+def insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert inbox messages in one executemany."""
     if rows:
-        session.connection().execute(_INSERT_MESSAGES, rows)
+        conn.execute(_INSERT_MESSAGES, rows)
 
 
-def advance_last_seq(session: Session, channel_id: str, last_seq: int) -> None:
+def advance_last_seq(conn: Connection, channel_id: str, last_seq: int) -> None:
     """Record the channel's newest inbox seq."""
-    session.connection().execute(_ADVANCE_LAST_SEQ, {"channel_id": channel_id, "new_last_seq": last_seq})
+    conn.execute(_ADVANCE_LAST_SEQ, {"channel_id": channel_id, "new_last_seq": last_seq})
 
 
 _MESSAGE_COLUMNS = (
@@ -139,34 +139,34 @@ _CONVERSATIONS_FIRST_BETWEEN = (
 )
 
 
-def messages_after(session: Session, channel_id: str, after_seq: int, limit: int) -> Sequence[Row[Any]]:
+def messages_after(conn: Connection, channel_id: str, after_seq: int, limit: int) -> Sequence[Row[Any]]:
     """Inbox messages with seq > after_seq, in seq order, at most limit (a range scan).
 
     Each row says whether it is the echo of a reply we delivered (`is_echo`): an echo
     can arrive before its delivery is recorded as sent, and so pass the ingest check.
     """
     params = {"channel_id": channel_id, "after_seq": after_seq, "limit": limit}
-    return session.connection().execute(_MESSAGES_AFTER, params).all()
+    return conn.execute(_MESSAGES_AFTER, params).all()
 
 
-def conversations_first_between(session: Session, channel_id: str, after_seq: int, last_seq: int) -> Sequence[Row[Any]]:
+def conversations_first_between(conn: Connection, channel_id: str, after_seq: int, last_seq: int) -> Sequence[Row[Any]]:
     """Conversations whose first message has after_seq < seq <= last_seq."""
     params = {"channel_id": channel_id, "after_seq": after_seq, "last_seq": last_seq}
-    return session.connection().execute(_CONVERSATIONS_FIRST_BETWEEN, params).all()
+    return conn.execute(_CONVERSATIONS_FIRST_BETWEEN, params).all()
 
 
-def record_pull(session: Session, channel_id: str, acked_seq: int | None, now: datetime) -> None:
+def record_pull(conn: Connection, channel_id: str, acked_seq: int | None, now: datetime) -> None:
     """Record a pull's time and, if given, the cursor Desk sent back."""
     values: dict[str, Any] = {"last_pull_at": now}
     if acked_seq is not None:
         # acked_seq never moves backwards, whatever older state Desk sends.
-        values["acked_seq"] = _greatest(session, Channel.acked_seq, acked_seq)
-    session.execute(update(Channel).where(Channel.id == channel_id).values(**values))
+        values["acked_seq"] = _greatest(conn, _channels.c.acked_seq, acked_seq)
+    conn.execute(update(_channels).where(_channels.c.id == channel_id).values(**values))
 
 
-def _greatest(session: Session, column: Any, value: int) -> Any:
+def _greatest(conn: Connection, column: Any, value: int) -> Any:
     # SQLite spells GREATEST as the two-argument scalar max().
-    name = "max" if session.get_bind().dialect.name == "sqlite" else "greatest"
+    name = "max" if conn.dialect.name == "sqlite" else "greatest"
     return getattr(func, name)(column, value)
 
 
@@ -203,22 +203,22 @@ _RECLAIM_REPLY = (
 )
 
 
-def insert_reply_if_new(session: Session, row: dict[str, Any]) -> Row[Any] | None:
+def insert_reply_if_new(conn: Connection, row: dict[str, Any]) -> Row[Any] | None:
     """Insert a ledger row unless (channel, Desk reply id) exists; the new row, or None."""
     # RETURNING, not rowcount: psycopg reports no rowcount for this statement.
-    stmt = _INSERT_REPLY_IF_NEW[session.get_bind().dialect.name]
-    return session.connection().execute(stmt, row).first()
+    stmt = _INSERT_REPLY_IF_NEW[conn.dialect.name]
+    return conn.execute(stmt, row).first()
 
 
-def lock_reply(session: Session, channel_id: str, desk_reply_id: str) -> Row[Any]:
+def lock_reply(conn: Connection, channel_id: str, desk_reply_id: str) -> Row[Any]:
     """The ledger row of a reply, locked until commit."""
     params = {"channel_id": channel_id, "reply_id": desk_reply_id}
-    return session.connection().execute(_LOCK_REPLY, params).one()
+    return conn.execute(_LOCK_REPLY, params).one()
 
 
-def reclaim_reply(session: Session, ledger_id: int, now: datetime) -> None:
+def reclaim_reply(conn: Connection, ledger_id: int, now: datetime) -> None:
     """Mark a ledger row pending again, its delivery starting now."""
-    session.connection().execute(_RECLAIM_REPLY, {"ledger_id": ledger_id, "now": now})
+    conn.execute(_RECLAIM_REPLY, {"ledger_id": ledger_id, "now": now})
 
 
 _RECORD_OUTCOME = (
@@ -236,7 +236,7 @@ _RECORD_OUTCOME = (
 
 
 def record_outcome(
-    session: Session,
+    conn: Connection,
     ledger_id: int,
     claimed_at: datetime,
     *,
@@ -257,7 +257,7 @@ def record_outcome(
         "new_last_error": last_error,
         "now": now,
     }
-    return session.connection().execute(_RECORD_OUTCOME, params).rowcount == 1
+    return conn.execute(_RECORD_OUTCOME, params).rowcount == 1
 
 
 def list_channels(session: Session) -> Sequence[Channel]:

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Connection
+
 from app.desk import mapping
 from app.desk.auth import authenticate_desk
 from app.desk.state import DamagedState, decode_state, encode_state
@@ -19,6 +21,7 @@ from app.store.database import Database
 from app.sync.clock import utcnow
 
 log = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class IngestResult:
@@ -37,15 +40,14 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     first_by_id: dict[str, dict[str, Any]] = {}
     for message in messages:
         first_by_id.setdefault(message["id"], message)
-    with db.session(write=True) as session:
-        last_seq = queries.lock_channel(session, channel_id)
+    with db.write() as conn:
+        last_seq = queries.lock_channel(conn, channel_id)
         if last_seq is None:
             raise ApiError(404, "unknown_channel", "There is no such channel.")
-        known = queries.existing_message_ids(session, channel_id, list(first_by_id))
+        known = queries.existing_message_ids(conn, channel_id, list(first_by_id))
         fresh = [m for m in first_by_id.values() if m["id"] not in known]
         if fresh:
-            _store_fresh(session, channel_id, last_seq, fresh, now)
-            session.commit()
+            _store_fresh(conn, channel_id, last_seq, fresh, now)
     accepted = [m["id"] for m in fresh]
     accepted_set = set(accepted)
     duplicates: list[str] = []
@@ -57,8 +59,8 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     return IngestResult(accepted=accepted, duplicates=duplicates)
 
 
-def _store_fresh(session: Any, channel_id: str, last_seq: int, fresh: list[dict[str, Any]], now: datetime) -> None:
-    known_conversations = queries.existing_conversation_ids(session, channel_id, {m["conversation_id"] for m in fresh})
+def _store_fresh(conn: Connection, channel_id: str, last_seq: int, fresh: list[dict[str, Any]], now: datetime) -> None:
+    known_conversations = queries.existing_conversation_ids(conn, channel_id, {m["conversation_id"] for m in fresh})
     rows: list[dict[str, Any]] = []
     opened: dict[str, dict[str, Any]] = {}
     seq = last_seq
@@ -70,8 +72,12 @@ def _store_fresh(session: Any, channel_id: str, last_seq: int, fresh: list[dict[
             continue
         if conversation_id not in opened:
             opened[conversation_id] = {
-                "channel_id": channel_id, "ext_id": conversation_id, "first_seq": seq,
-                "subject": message.get("subject"), "created_at": now, "_first": message,
+                "channel_id": channel_id,
+                "ext_id": conversation_id,
+                "first_seq": seq,
+                "subject": message.get("subject"),
+                "created_at": now,
+                "_first": message,
             }
         elif not opened[conversation_id]["subject"] and message.get("subject"):
             opened[conversation_id]["subject"] = message["subject"]
@@ -80,9 +86,9 @@ def _store_fresh(session: Any, channel_id: str, last_seq: int, fresh: list[dict[
         first = row.pop("_first")
         row["subject"] = (row["subject"] or "").strip()[:255] or _derived_subject(first)
         conversations.append(row)
-    queries.insert_conversations(session, conversations)
-    queries.insert_messages(session, rows)
-    queries.advance_last_seq(session, channel_id, seq)
+    queries.insert_conversations(conn, conversations)
+    queries.insert_messages(conn, rows)
+    queries.advance_last_seq(conn, channel_id, seq)
 
 
 def _inbox_row(channel_id: str, seq: int, message: dict[str, Any], now: datetime) -> dict[str, Any]:
@@ -124,8 +130,8 @@ LAST_PULL_RESOLUTION = timedelta(seconds=60)
 
 def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | None, limit: int) -> dict[str, Any]:
     """Answer a Desk pull: messages after the cursor, with the tickets they open."""
-    with db.session() as session:
-        channel = authenticate_desk(session, body, org_id)
+    with db.read() as conn:
+        channel = authenticate_desk(conn, body, org_id)
         raw_state = body.get("channelState")
         acked: int | None = None
         try:
@@ -136,12 +142,13 @@ def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | 
             acked = cursor if raw_state else None
         except DamagedState as exc:
             # Desk would send the same state every 4 minutes forever: heal it instead.
-            log.warning("channel %s: damaged channelState (%s); resuming from acked_seq %s",
-                        channel.id, exc, channel.acked_seq)
+            log.warning(
+                "channel %s: damaged channelState (%s); resuming from acked_seq %s", channel.id, exc, channel.acked_seq
+            )
             cursor, damaged = channel.acked_seq, True
-        messages = queries.messages_after(session, channel.id, cursor, limit)
+        messages = queries.messages_after(conn, channel.id, cursor, limit)
         conversations = (
-            queries.conversations_first_between(session, channel.id, cursor, messages[-1].seq) if messages else []
+            queries.conversations_first_between(conn, channel.id, cursor, messages[-1].seq) if messages else []
         )
     response: dict[str, Any] = {"data": {"tickets": [], "threads": []}}
     if messages:
@@ -155,7 +162,6 @@ def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | 
     now = utcnow()
     acked_grows = acked is not None and acked > channel.acked_seq
     if acked_grows or channel.last_pull_at is None or now - channel.last_pull_at >= LAST_PULL_RESOLUTION:
-        with db.session(write=True) as session:
-            queries.record_pull(session, channel.id, acked, now)
-            session.commit()
+        with db.write() as conn:
+            queries.record_pull(conn, channel.id, acked, now)
     return response

@@ -54,8 +54,8 @@ def push_reply(
 ) -> PushAnswer:
     """Deliver an agent's reply once, answering within the deadline (SPEC B4)."""
     started = time.monotonic()
-    with db.session() as session:
-        channel = authenticate_desk(session, config_params(body.get("configParams")), org_id)
+    with db.read() as conn:
+        channel = authenticate_desk(conn, config_params(body.get("configParams")), org_id)
     resource = body.get("resource")
     if not isinstance(resource, dict):
         raise ApiError(422, "validation_error", "The reply is not valid.",
@@ -75,8 +75,8 @@ def _claim(
 ) -> PushAnswer | tuple[Row[Any], datetime]:
     """Record the reply as pending (committed before any delivery), or answer without delivering."""
     now = utcnow()
-    with db.session(write=True) as session:
-        reply = queries.insert_reply_if_new(session, {
+    with db.write() as conn:
+        reply = queries.insert_reply_if_new(conn, {
             "channel_id": channel_id,
             "desk_reply_id": reply_in["id"],
             "status": "pending",
@@ -92,7 +92,7 @@ def _claim(
             "updated_at": now,
         })
         if reply is None:
-            reply = queries.lock_reply(session, channel_id, reply_in["id"])
+            reply = queries.lock_reply(conn, channel_id, reply_in["id"])
             if reply.status == "sent":
                 return PushAnswer(200, _success_body(reply, reply.external_id, reply.sent_at or reply.updated_at))
             in_flight_until = (reply.attempt_started_at or now) + timedelta(seconds=deadline_seconds + 1)
@@ -102,8 +102,7 @@ def _claim(
                     "message": "This reply is being delivered right now; ask again in a few seconds.",
                 })
             # failed (the caller asked again), or pending left behind by a crash
-            queries.reclaim_reply(session, reply.id, now)
-        session.commit()
+            queries.reclaim_reply(conn, reply.id, now)
         return reply, now
 
 
@@ -149,16 +148,15 @@ def _finish(
 ) -> PushAnswer:
     """Record the outcome in the ledger and build the answer."""
     now = utcnow()
-    with db.session(write=True) as session:
+    with db.write() as conn:
         # Only the request that holds the claim writes its outcome.
         if isinstance(outcome, Delivered):
             external_id = outcome.external_id or f"desk-reply-{reply.desk_reply_id}"
-            queries.record_outcome(session, reply.id, claimed_at, attempts=attempts, status="sent", now=now,
+            queries.record_outcome(conn, reply.id, claimed_at, attempts=attempts, status="sent", now=now,
                                    external_id=external_id)
         else:
-            queries.record_outcome(session, reply.id, claimed_at, attempts=attempts, status="failed", now=now,
+            queries.record_outcome(conn, reply.id, claimed_at, attempts=attempts, status="failed", now=now,
                                    last_error=outcome.message)
-        session.commit()
     if isinstance(outcome, Delivered):
         return PushAnswer(200, _success_body(reply, external_id, now))
     if outcome.transient:
