@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from marshmallow import Schema, ValidationError, fields
@@ -31,6 +32,21 @@ class Identifier(fields.Field):
         if not text.strip() or len(text) > 255 or "\x00" in text:
             raise self.make_error("invalid")
         return text
+
+
+def max_depth(limit: int) -> Callable[[Any], None]:
+    """A validator refusing JSON values nested deeper than `limit` levels."""
+
+    def check(value: Any) -> None:
+        stack = [(value, 1)]
+        while stack:
+            item, depth = stack.pop()
+            if depth > limit:
+                raise ValidationError(f"Must not be nested deeper than {limit} levels.")
+            children = item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+            stack.extend((child, depth + 1) for child in children)
+
+    return check
 
 
 def load(schema: Schema, data: Any, message: str = "The request is not valid.") -> dict[str, Any]:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -68,3 +71,17 @@ def test_sqlite_connections_use_wal_busy_timeout_and_foreign_keys(tmp_path):
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() >= 5000
     finally:
         engine.dispose()
+
+
+def test_concurrent_upgrades_of_an_empty_database_both_succeed(empty_database):
+    # Hosts starting together each run `alembic upgrade head`: two processes, as there.
+    env = {**os.environ, "DATABASE_URL": empty_database}
+    alembic = str(Path(sys.executable).with_name("alembic"))
+    runs = [
+        subprocess.Popen([alembic, "upgrade", "head"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True)
+        for _ in range(2)
+    ]
+    outputs = [run.communicate(timeout=120)[0] for run in runs]
+    assert [run.returncode for run in runs] == [0, 0], outputs
+    assert differences(empty_database) == []

@@ -159,10 +159,20 @@ def test_external_id_is_read_from_the_answers_id_only(
     assert deliver_once(receiver, Answer(200, answer_body)) == Delivered(external_id=external_id)
 
 
-def test_overlong_external_id_is_cut_to_what_the_ledger_holds(receiver: Receiver) -> None:
-    delivered = deliver_once(receiver, Answer(200, {"id": "x" * 300}))
+@pytest.mark.parametrize("bad_id", ["x" * 256, "ext\u0000id", "line\nbreak", "   "])
+def test_an_id_the_ledger_cannot_hold_as_is_counts_as_no_id(receiver: Receiver, bad_id: str) -> None:
+    # A cut or altered id would never match the service's echo of it: better none at all.
+    delivered = deliver_once(receiver, Answer(200, {"id": bad_id}))
 
-    assert delivered.external_id == "x" * 255
+    assert delivered.external_id is None
+
+
+def test_receiver_message_with_control_characters_is_cleaned_for_the_agent(receiver: Receiver) -> None:
+    with pytest.raises(PermanentDeliveryError) as failure:
+        deliver_once(receiver, Answer(400, {"message": "bad\u0000thing\nhere"}))
+
+    assert "bad thing here" in failure.value.message
+    assert "\x00" not in failure.value.message
 
 
 # --- the address policy --------------------------------------------------------------------------

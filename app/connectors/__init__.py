@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import requests
 
@@ -19,7 +19,7 @@ class ChannelEndpoint:
 
     connector: str
     outbound_url: str
-    outbound_secret: str
+    outbound_secret: str = field(repr=False)
 
 
 class ConnectorFactory:

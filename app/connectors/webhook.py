@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 import threading
 import time
@@ -28,6 +29,8 @@ from app.connectors.base import (
     PermanentDeliveryError,
     TransientDeliveryError,
 )
+
+log = logging.getLogger(__name__)
 
 MAX_ANSWER_BYTES = 64 * 1024
 TRANSIENT_STATUSES = frozenset({408, 429}) | frozenset(range(500, 600))
@@ -278,8 +281,11 @@ def _message_id(answer: bytes) -> str | None:
         return None
     if isinstance(parsed, dict):
         value = parsed.get("id")
-        if isinstance(value, (str, int)) and not isinstance(value, bool) and str(value).strip():
-            return str(value)[:255]
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
+            text = str(value)
+            # An id we cannot store or show as is counts as no id.
+            if text.strip() and len(text) <= 255 and text.isprintable():
+                return text
     return None
 
 
@@ -291,8 +297,10 @@ def _receiver_message(answer: bytes) -> str:
         return ""
     if isinstance(parsed, dict):
         for key in ("message", "error", "detail"):
-            if isinstance(parsed.get(key), str) and parsed[key].strip():
-                return f": {parsed[key].strip()[:200]}"
+            if isinstance(parsed.get(key), str):
+                text = "".join(ch if ch.isprintable() else " " for ch in parsed[key][:200]).strip()
+                if text:
+                    return f": {text}"
     return ""
 
 
@@ -311,4 +319,7 @@ def _translate(exc: BaseException) -> DeliveryError:
         return PermanentDeliveryError("The outbound URL is not valid.")
     if isinstance(exc, (requests.RequestException, OSError, HTTPException, Urllib3Error)):
         return TransientDeliveryError(f"Delivery failed: {type(exc).__name__}.")
-    raise exc
+    # Anything else is a bug of ours or of a library: log it, and still give the
+    # ledger an outcome rather than leaving the reply pending.
+    log.error("unexpected delivery error", exc_info=exc)
+    return PermanentDeliveryError(f"Delivery failed unexpectedly ({type(exc).__name__}).")

@@ -33,7 +33,7 @@ def authenticate_desk(conn: Connection, params: Mapping[str, Any], org_id: str |
         raise ApiError(
             401, "missing_credentials", "The config params channelId and channelToken are required."
         )
-    channel = channel_row(conn, channel_id) if len(channel_id) <= 64 else None
+    channel = channel_row(conn, channel_id)
     if channel is None or not token_matches(token, channel.desk_token_hash):
         # One answer for both cases: a caller cannot tell which channel ids exist.
         raise ApiError(401, "invalid_credentials", "Unknown channel or wrong channelToken.")

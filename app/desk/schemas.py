@@ -14,7 +14,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.validation import Identifier, Text
+from app.validation import Identifier, Text, max_depth
 
 CONTENT_TYPES = ("text/plain", "text/html")
 
@@ -35,14 +35,17 @@ class ReplyResourceSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    id = Identifier(required=True)
+    # The id becomes the delivery's webhook-id header (reply_<id>): visible ASCII only.
+    id = Identifier(required=True, validate=validate.Regexp(r"^[!-~]+$", error="Must be visible ASCII characters."))
     extParentId = Identifier(required=True)
     replyToExtId = Identifier(allow_none=True, load_default=None)
     content = Text(allow_none=True)
     summary = Text(allow_none=True)
     contentType = Text(load_default="text/plain", validate=validate.OneOf(CONTENT_TYPES))
     hasAttach = fields.Boolean(allow_none=True)
-    attachments = fields.List(fields.Raw(), allow_none=True, load_default=list)
+    attachments = fields.List(
+        fields.Dict(validate=max_depth(8)), allow_none=True, load_default=list, validate=validate.Length(max=100)
+    )
     author = fields.Nested(AuthorSchema, allow_none=True, load_default=None)
 
     @pre_load

@@ -20,7 +20,7 @@ inbound = Blueprint("inbound", __name__)
 def receive(channel_id: str) -> Response:
     svc = services()
     with svc.db.read() as conn:
-        channel = channel_row(conn, channel_id) if len(channel_id) <= 64 else None
+        channel = channel_row(conn, channel_id)
         if channel is None:
             raise ApiError(404, "unknown_channel", "There is no such channel.")
         secret = svc.keyring.decrypt(channel.inbound_secret)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 # write lock at once (waiting up to busy_timeout), so a transaction never fails
 # half-way when it upgrades from reading to writing. This is the per-channel lock
 # of SPEC B3 on SQLite, where the write lock is per database.
-_WRITE = {"deskbridge_write": True}
+WRITE_TRANSACTION = {"deskbridge_write": True}
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 
@@ -113,7 +113,7 @@ class Database:
         PostgreSQL the use case locks the rows it needs.
         """
         with self._writers.held() if self._writers else nullcontext(), self.engine.connect() as conn:
-            conn.execution_options(**_WRITE)
+            conn.execution_options(**WRITE_TRANSACTION)
             with conn.begin():
                 yield conn
 
@@ -128,7 +128,7 @@ class Database:
             session = self._sessions()
             try:
                 if write:
-                    session.connection(execution_options=_WRITE)
+                    session.connection(execution_options=WRITE_TRANSACTION)
                 yield session
             except BaseException:
                 session.rollback()

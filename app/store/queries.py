@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,11 @@ from app.store.models import Channel, Conversation, InboxMessage, Reply
 # costs more than running the query on an indexed key. Admin code uses the ORM.
 _channels = Channel.__table__
 _CHANNEL_BY_ID = select(_channels).where(_channels.c.id == bindparam("channel_id"))
-_LOCK_CHANNEL = select(_channels.c.last_seq).where(_channels.c.id == bindparam("channel_id")).with_for_update()
+# FOR NO KEY UPDATE: it serialises ingests of a channel without blocking the foreign
+# key checks (FOR KEY SHARE) of ledger rows inserted for the same channel.
+_LOCK_CHANNEL = (
+    select(_channels.c.last_seq).where(_channels.c.id == bindparam("channel_id")).with_for_update(key_share=True)
+)
 
 
 def get_channel(session: Session, channel_id: str) -> Channel | None:
@@ -26,8 +31,13 @@ def get_channel(session: Session, channel_id: str) -> Channel | None:
     return session.get(Channel, channel_id)
 
 
+CHANNEL_ID = re.compile(r"ch_[A-Za-z0-9_-]{1,61}")
+
+
 def channel_row(conn: Connection, channel_id: str) -> Row[Any] | None:
     """The channel with this id as a read-only row, or None: the request paths' lookup."""
+    if not CHANNEL_ID.fullmatch(channel_id):
+        return None  # cannot exist, and some strings (NUL) would not even reach the query
     return conn.execute(_CHANNEL_BY_ID, {"channel_id": channel_id}).first()
 
 

@@ -21,6 +21,7 @@ from app.store.database import Database
 from app.sync.clock import utcnow
 
 log = logging.getLogger(__name__)
+SUBJECT_SOURCE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,12 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     first_by_id: dict[str, dict[str, Any]] = {}
     for message in messages:
         first_by_id.setdefault(message["id"], message)
+    # Rendering HTML for a subject is slow: do it before taking the lock, for the
+    # message that would open each conversation.
+    subjects: dict[str, str] = {}
+    for message in first_by_id.values():
+        if message["conversation_id"] not in subjects:
+            subjects[message["conversation_id"]] = _derived_subject(message)
     with db.write() as conn:
         last_seq = queries.lock_channel(conn, channel_id)
         if last_seq is None:
@@ -47,7 +54,7 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
         known = queries.existing_message_ids(conn, channel_id, list(first_by_id))
         fresh = [m for m in first_by_id.values() if m["id"] not in known]
         if fresh:
-            _store_fresh(conn, channel_id, last_seq, fresh, now)
+            _store_fresh(conn, channel_id, last_seq, fresh, subjects, now)
     accepted = [m["id"] for m in fresh]
     accepted_set = set(accepted)
     duplicates: list[str] = []
@@ -59,7 +66,14 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     return IngestResult(accepted=accepted, duplicates=duplicates)
 
 
-def _store_fresh(conn: Connection, channel_id: str, last_seq: int, fresh: list[dict[str, Any]], now: datetime) -> None:
+def _store_fresh(
+    conn: Connection,
+    channel_id: str,
+    last_seq: int,
+    fresh: list[dict[str, Any]],
+    subjects: dict[str, str],
+    now: datetime,
+) -> None:
     known_conversations = queries.existing_conversation_ids(conn, channel_id, {m["conversation_id"] for m in fresh})
     rows: list[dict[str, Any]] = []
     opened: dict[str, dict[str, Any]] = {}
@@ -77,15 +91,16 @@ def _store_fresh(conn: Connection, channel_id: str, last_seq: int, fresh: list[d
                 "first_seq": seq,
                 "subject": message.get("subject"),
                 "created_at": now,
-                "_first": message,
             }
         elif not opened[conversation_id]["subject"] and message.get("subject"):
             opened[conversation_id]["subject"] = message["subject"]
-    conversations = []
-    for row in opened.values():
-        first = row.pop("_first")
-        row["subject"] = (row["subject"] or "").strip()[:255] or _derived_subject(first)
-        conversations.append(row)
+    conversations = list(opened.values())
+    for row in conversations:
+        # The derived subject comes from the conversation's first message in this
+        # request: the one that opens it, unless that one was a duplicate (only an
+        # echo can be a duplicate in a new conversation; then the subject is still
+        # the conversation's first words, which is what Desk shows).
+        row["subject"] = (row["subject"] or "").strip()[:255] or subjects[row["ext_id"]]
     queries.insert_conversations(conn, conversations)
     queries.insert_messages(conn, rows)
     queries.advance_last_seq(conn, channel_id, seq)
@@ -114,7 +129,12 @@ def _derived_subject(message: dict[str, Any]) -> str:
     """The first line of the first message, else its first attachment's name."""
     text = message.get("text") or ""
     if message.get("html"):
-        text = html_to_text(message["html"])
+        # The first line is near the start: render only the head of long HTML, cut
+        # after a tag so that no half tag shows up as text.
+        head = message["html"][:SUBJECT_SOURCE_CHARS]
+        if len(head) < len(message["html"]) and ">" in head:
+            head = head[: head.rindex(">") + 1]
+        text = html_to_text(head)
     line = subject_line(text)
     if line:
         return line

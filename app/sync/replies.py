@@ -58,15 +58,18 @@ def push_reply(
         channel = authenticate_desk(conn, config_params(body.get("configParams")), org_id)
     resource = body.get("resource")
     if not isinstance(resource, dict):
-        raise ApiError(422, "validation_error", "The reply is not valid.",
-                       fields={"resource": ["Missing data for required field."]})
+        problem = "Missing data for required field." if resource is None else "Must be an object."
+        raise ApiError(422, "validation_error", "The reply is not valid.", fields={"resource": [problem]})
     reply_in = load(_RESOURCE, resource, "The reply is not valid.")
+    # Everything that can fail before delivery happens before the reply is recorded,
+    # so a recorded reply always gets an outcome.
+    endpoint = ChannelEndpoint(channel.connector, channel.outbound_url, keyring.decrypt(channel.outbound_secret))
+    connector = connector_for(endpoint)
     claim = _claim(db, channel.id, reply_in, deadline_seconds)
     if isinstance(claim, PushAnswer):
         return claim
     reply, claimed_at = claim
-    endpoint = ChannelEndpoint(channel.connector, channel.outbound_url, keyring.decrypt(channel.outbound_secret))
-    outcome, attempts = _deliver(connector_for(endpoint), _outbound(channel.id, reply), started + deadline_seconds)
+    outcome, attempts = _deliver(connector, _outbound(channel.id, reply), started + deadline_seconds)
     return _finish(db, reply, claimed_at, outcome, attempts)
 
 
