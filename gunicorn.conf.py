@@ -8,7 +8,8 @@ workers = int(os.environ.get("WEB_CONCURRENCY", multiprocessing.cpu_count()))
 # Threads keep a push that waits on a slow external service from blocking pulls.
 worker_class = "gthread"
 threads = int(os.environ.get("THREADS", "8"))
-# Above PUSH_DEADLINE_SECONDS + 1 (a push's worst case), with room to spare.
+# For gthread workers this is the worker heartbeat, not a limit on one request: a
+# push waiting PUSH_DEADLINE_SECONDS on a slow service does not trip it.
 timeout = 60
 graceful_timeout = 30
 keepalive = 5

@@ -23,8 +23,7 @@ from sqlalchemy.engine import make_url
 
 from app import create_app
 from app.admin.channels import create_channel
-from app.services import Services
-from tests.support import desk_pull_body, desk_push_body, signed_headers
+from tests.support import desk_pull_body, desk_push_body, services, signed_headers
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_DATABASE_URL")
@@ -134,11 +133,6 @@ def client(app: Flask) -> FlaskClient:
     return app.test_client()
 
 
-def services(app: Flask) -> Services:
-    """The services an app was assembled with."""
-    return app.extensions["deskbridge"]
-
-
 @pytest.fixture
 def new_channel(app: Flask) -> Callable[..., dict[str, Any]]:
     """Create channels through the admin use case; returns the creation output."""
@@ -157,4 +151,4 @@ def channel(new_channel: Callable[..., dict[str, Any]]) -> dict[str, Any]:
     return new_channel(name="test channel")
 
 
-__all__ = ["desk_pull_body", "desk_push_body", "signed_headers"]
+__all__ = ["desk_pull_body", "desk_push_body", "services", "signed_headers"]

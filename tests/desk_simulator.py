@@ -23,17 +23,11 @@ from urllib.parse import urlsplit
 import orjson
 from flask import Flask
 
-from app.services import Services
 from tests.support import desk_pull_body, signed_headers
 
 DESK_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 DESK_LIMIT = 1000  # Desk takes at most this many tickets and threads per answer (SPEC A2)
 _UNSET: Any = object()
-
-
-def services_of(app: Flask) -> Services:
-    """The services an app was assembled with."""
-    return app.extensions["deskbridge"]
 
 
 class Transport(Protocol):

@@ -8,9 +8,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from flask import Flask
 from standardwebhooks.webhooks import Webhook
 
+from app.services import Services
+
 FIXTURES = Path(__file__).resolve().parent.parent.parent / "shared" / "fixtures"
+
+
+def services(app: Flask) -> Services:
+    """The services an app was assembled with."""
+    return app.extensions["deskbridge"]
 
 
 def fixture(name: str) -> Any:

@@ -20,8 +20,8 @@ from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
 from app.admin.channels import list_channels, set_enabled
-from tests.desk_simulator import DESK_TIME, message, services_of
-from tests.support import desk_pull_body, desk_push_body, signed_headers
+from tests.desk_simulator import DESK_TIME, message
+from tests.support import desk_pull_body, desk_push_body, services, signed_headers
 
 
 def send(
@@ -47,7 +47,7 @@ def pull_threads(client: FlaskClient, channel: dict[str, Any]) -> list[dict[str,
 
 def last_seq(app: Flask, channel: dict[str, Any]) -> int:
     """The channel's newest inbox seq, as the operator's list shows it."""
-    (summary,) = [c for c in list_channels(services_of(app).db) if c["id"] == channel["id"]]
+    (summary,) = [c for c in list_channels(services(app).db) if c["id"] == channel["id"]]
     return summary["last_seq"]
 
 
@@ -363,14 +363,14 @@ def test_created_at_is_kept_in_utc(client: FlaskClient, channel: dict[str, Any],
 def test_disabled_channel_still_queues_inbound_messages(
     app: Flask, client: FlaskClient, channel: dict[str, Any]
 ) -> None:
-    set_enabled(services_of(app).db, channel["id"], False)
+    set_enabled(services(app).db, channel["id"], False)
 
     answer = send(client, channel, message("m1"))
 
     assert answer.status_code == 200
     assert answer.json == {"accepted": ["m1"], "duplicates": []}
     assert_error(client.post("/desk/pull?orgId=42", json=desk_pull_body(channel, state="")), 403)
-    set_enabled(services_of(app).db, channel["id"], True)
+    set_enabled(services(app).db, channel["id"], True)
     assert [t["extId"] for t in pull_threads(client, channel)] == ["m1"]
 
 

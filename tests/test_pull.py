@@ -17,8 +17,8 @@ from sqlalchemy import event
 from app.admin.channels import list_channels
 from app.desk.state import encode_state
 from app.keyring import Keyring
-from tests.desk_simulator import DESK_TIME, ExternalService, FlaskTransport, message, services_of
-from tests.support import desk_pull_body, fixture
+from tests.desk_simulator import DESK_TIME, ExternalService, FlaskTransport, message
+from tests.support import desk_pull_body, fixture, services
 
 Channel = dict[str, Any]
 EMPTY = {"data": {"tickets": [], "threads": []}}
@@ -46,7 +46,7 @@ def ticket_ids(answer: dict[str, Any]) -> list[str]:
 
 def sync_figures(app: Flask, channel: Channel) -> dict[str, Any]:
     """The channel's line in the operator's list."""
-    (summary,) = [c for c in list_channels(services_of(app).db) if c["id"] == channel["id"]]
+    (summary,) = [c for c in list_channels(services(app).db) if c["id"] == channel["id"]]
     return summary
 
 
@@ -433,7 +433,7 @@ def test_damaged_state_resumes_from_acked_seq_with_a_fresh_state(
     subtests: pytest.Subtests,
 ) -> None:
     app = make_app(PULL_BATCH_LIMIT="2")
-    client, keyring = app.test_client(), services_of(app).keyring
+    client, keyring = app.test_client(), services(app).keyring
     other = new_channel(name="other")
     ExternalService(FlaskTransport(app), other).send_ok({"messages": [message(f"o{n}") for n in range(1, 5)]})
     other_state = post_pull(client, other, post_pull(client, other)["channelState"])["channelState"]
@@ -573,7 +573,7 @@ def counted_queries(app: Flask) -> Iterator[list[str]]:
     def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
         statements.append(statement)
 
-    engine = services_of(app).db.engine
+    engine = services(app).db.engine
     event.listen(engine, "before_cursor_execute", record)
     try:
         yield statements

@@ -1,13 +1,16 @@
-"""One message in, one pull out, one reply pushed: the whole path on each database."""
+"""One signed message in, one pull out: the inbound path end to end on each database."""
 
 from __future__ import annotations
 
 import json
+from typing import Any
+
+from flask.testing import FlaskClient
 
 from tests.support import desk_pull_body, signed_headers
 
 
-def test_inbound_message_reaches_desk_pull(client, channel):
+def test_inbound_message_reaches_desk_pull(client: FlaskClient, channel: dict[str, Any]) -> None:
     body = json.dumps({"id": "m1", "conversation_id": "c1", "text": "Hello\nthere"})
     answer = client.post(
         channel["inbound"]["path"], data=body, headers=signed_headers(channel["inbound"]["secret"], body)

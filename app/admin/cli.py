@@ -10,6 +10,7 @@ import orjson
 from flask.cli import AppGroup
 
 from app.admin import channels
+from app.connectors import CONNECTOR_TYPES
 from app.errors import ApiError
 from app.services import services
 
@@ -21,7 +22,7 @@ def _print(value: Any) -> None:
 
 
 @channel_cli.command("create")
-@click.option("--connector", required=True, type=click.Choice(["webhook"]), help="Connector type.")
+@click.option("--connector", required=True, type=click.Choice(CONNECTOR_TYPES), help="Connector type.")
 @click.option("--outbound-url", required=True, help="Where agent replies are delivered.")
 @click.option("--name", default=None, help="A name for operators.")
 @click.option("--org-id", default=None, help="The Desk orgId this channel is limited to.")

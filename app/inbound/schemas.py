@@ -30,7 +30,7 @@ _ID = [validate.Length(min=1, max=255), _not_blank]
 _URL = [validate.URL(schemes={"http", "https"}, require_tld=False), validate.Length(max=2048)]
 
 
-class UtcDateTime(fields.DateTime):
+class IsoTimeInUtc(fields.DateTime):
     """An ISO-8601 time loaded as UTC; a time without a zone is taken as UTC."""
 
     def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
@@ -84,7 +84,7 @@ class MessageSchema(Schema):
     conversation_id = Text(required=True, validate=_ID)
     text = Text(allow_none=True)
     html = Text(allow_none=True)
-    created_at = UtcDateTime(format="iso", allow_none=True)
+    created_at = IsoTimeInUtc(format="iso", allow_none=True)
     subject = Text(allow_none=True)
     direction = Text(load_default="in", validate=validate.OneOf(("in", "out")))
     author = fields.Nested(AuthorSchema, allow_none=True)
