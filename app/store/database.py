@@ -25,8 +25,9 @@ def make_engine(url: str) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    options: dict[str, Any] = {"pool_pre_ping": True, "pool_size": 5, "max_overflow": 10}
-    return create_engine(url, **options)
+    # No pre-ping (a round trip per request): a connection found dead raises once, and
+    # SQLAlchemy then replaces the whole pool. Recycling bounds a connection's age.
+    return create_engine(url, pool_size=8, max_overflow=16, pool_recycle=1800)
 
 
 def _sqlite_engine(url: str) -> Engine:
@@ -101,8 +102,14 @@ class Database:
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
-        """A connection for reads (SQLite: each statement sees the latest commit)."""
+        """A connection for reads, outside any transaction: each statement sees the latest commit.
+
+        No read depends on a snapshot across statements (a conversation is committed
+        together with its first message), and PostgreSQL is spared BEGIN and ROLLBACK.
+        """
         with self.engine.connect() as conn:
+            if not self.is_sqlite:
+                conn.execution_options(isolation_level="AUTOCOMMIT")
             yield conn
 
     @contextmanager
