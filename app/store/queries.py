@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -19,11 +19,6 @@ from app.store.models import Channel, Conversation, InboxMessage, Reply
 # costs more than running the query on an indexed key. Admin code uses the ORM.
 _channels = Channel.__table__
 _CHANNEL_BY_ID = select(_channels).where(_channels.c.id == bindparam("channel_id"))
-# FOR NO KEY UPDATE: it serialises ingests of a channel without blocking the foreign
-# key checks (FOR KEY SHARE) of ledger rows inserted for the same channel.
-_LOCK_CHANNEL = (
-    select(_channels.c.last_seq).where(_channels.c.id == bindparam("channel_id")).with_for_update(key_share=True)
-)
 
 
 def get_channel(session: Session, channel_id: str) -> Channel | None:
@@ -41,15 +36,6 @@ def channel_row(conn: Connection, channel_id: str) -> Row[Any] | None:
     return conn.execute(_CHANNEL_BY_ID, {"channel_id": channel_id}).first()
 
 
-def lock_channel(conn: Connection, channel_id: str) -> int | None:
-    """Lock a channel until commit and return its last_seq; None if there is no such channel.
-
-    PostgreSQL: the channel row (SELECT ... FOR UPDATE). SQLite: the write
-    transaction (BEGIN IMMEDIATE) already holds the database write lock.
-    """
-    return conn.execute(_LOCK_CHANNEL, {"channel_id": channel_id}).scalar_one_or_none()
-
-
 _inbox = InboxMessage.__table__
 _conversations = Conversation.__table__
 _replies = Reply.__table__
@@ -63,14 +49,20 @@ _EXISTING_MESSAGE_IDS = union(
         _replies.c.external_id.in_(bindparam("reply_ids", expanding=True)),
     ),
 )
-_EXISTING_CONVERSATION_IDS = select(_conversations.c.ext_id).where(
-    _conversations.c.channel_id == bindparam("channel_id"),
-    _conversations.c.ext_id.in_(bindparam("ids", expanding=True)),
+# Locks the channel row until commit (the per-channel lock of SPEC B3; on SQLite the
+# write transaction already holds the database lock) and reserves seq numbers. An
+# UPDATE of non-key columns takes PostgreSQL's FOR NO KEY UPDATE lock, which does
+# not block the foreign key checks of ledger rows inserted for the same channel.
+_RESERVE_SEQS = (
+    update(_channels)
+    .where(_channels.c.id == bindparam("channel_id"))
+    .values(last_seq=_channels.c.last_seq + bindparam("count"))
+    .returning(_channels.c.last_seq)
 )
-_ADVANCE_LAST_SEQ = (
-    update(_channels).where(_channels.c.id == bindparam("channel_id")).values(last_seq=bindparam("new_last_seq"))
-)
-_INSERT_CONVERSATIONS = insert(_conversations)
+_INSERT_NEW_CONVERSATIONS = {
+    name: make(_conversations).on_conflict_do_nothing(index_elements=["channel_id", "ext_id"])
+    for name, make in (("sqlite", sqlite_insert), ("postgresql", pg_insert))
+}
 _INSERT_MESSAGES = insert(_inbox)
 
 
@@ -82,30 +74,21 @@ def existing_message_ids(conn: Connection, channel_id: str, ext_ids: Sequence[st
     return set(conn.execute(_EXISTING_MESSAGE_IDS, params).scalars())
 
 
-def existing_conversation_ids(conn: Connection, channel_id: str, ext_ids: Iterable[str]) -> set[str]:
-    """The conversation ids among ext_ids that the channel already has."""
-    ids = list(ext_ids)
-    if not ids:
-        return set()
-    params = {"channel_id": channel_id, "ids": ids}
-    return set(conn.execute(_EXISTING_CONVERSATION_IDS, params).scalars())
+def reserve_seqs(conn: Connection, channel_id: str, count: int) -> int | None:
+    """Lock the channel until commit and reserve `count` seq numbers; the last one, or None."""
+    return conn.execute(_RESERVE_SEQS, {"channel_id": channel_id, "count": count}).scalar_one_or_none()
 
 
-def insert_conversations(conn: Connection, rows: list[dict[str, Any]]) -> None:
-    """Insert conversations in one executemany."""
+def insert_new_conversations(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Insert the conversations that do not exist yet, in one executemany."""
     if rows:
-        conn.execute(_INSERT_CONVERSATIONS, rows)
+        conn.execute(_INSERT_NEW_CONVERSATIONS[conn.dialect.name], rows)
 
 
 def insert_messages(conn: Connection, rows: list[dict[str, Any]]) -> None:
     """Insert inbox messages in one executemany."""
     if rows:
         conn.execute(_INSERT_MESSAGES, rows)
-
-
-def advance_last_seq(conn: Connection, channel_id: str, last_seq: int) -> None:
-    """Record the channel's newest inbox seq."""
-    conn.execute(_ADVANCE_LAST_SEQ, {"channel_id": channel_id, "new_last_seq": last_seq})
 
 
 _MESSAGE_COLUMNS = (

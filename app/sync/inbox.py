@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection
+from sqlalchemy.exc import IntegrityError
 
 from app.desk import mapping
 from app.desk.auth import authenticate_desk
@@ -30,31 +30,35 @@ class IngestResult:
     duplicates: list[str]
 
 
-def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]]) -> IngestResult:
-    """Store new messages in the inbox under the channel lock; report duplicates.
+INGEST_ATTEMPTS = 3
 
-    seq numbers are assigned while the channel is locked and the lock is held
-    until commit, so commits happen in seq order and a reader never sees N+1
-    before N.
+
+def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]]) -> IngestResult:
+    """Store new messages in the inbox, numbered under the channel lock; report duplicates.
+
+    seq numbers are reserved by the statement that locks the channel, and the lock
+    is held until commit, so commits happen in seq order and a reader never sees
+    N+1 before N. The lock is taken as late as possible: duplicates are looked up
+    before it, and a duplicate that a concurrent request commits in between makes
+    the insert fail and the whole request start again (it then is a duplicate).
     """
     now = utcnow()
     first_by_id: dict[str, dict[str, Any]] = {}
     for message in messages:
         first_by_id.setdefault(message["id"], message)
-    # Rendering HTML for a subject is slow: do it before taking the lock, for the
-    # message that would open each conversation.
+    # Rendering HTML for a subject is slow: do it before any lock, for the message
+    # that would open each conversation.
     subjects: dict[str, str] = {}
     for message in first_by_id.values():
         if message["conversation_id"] not in subjects:
             subjects[message["conversation_id"]] = _derived_subject(message)
-    with db.write() as conn:
-        last_seq = queries.lock_channel(conn, channel_id)
-        if last_seq is None:
-            raise ApiError(404, "unknown_channel", "There is no such channel.")
-        known = queries.existing_message_ids(conn, channel_id, list(first_by_id))
-        fresh = [m for m in first_by_id.values() if m["id"] not in known]
-        if fresh:
-            _store_fresh(conn, channel_id, last_seq, fresh, subjects, now)
+    for attempt in range(1, INGEST_ATTEMPTS + 1):
+        try:
+            fresh = _ingest_once(db, channel_id, first_by_id, subjects, now)
+            break
+        except IntegrityError:
+            if attempt == INGEST_ATTEMPTS:
+                raise
     accepted = [m["id"] for m in fresh]
     accepted_set = set(accepted)
     duplicates: list[str] = []
@@ -66,44 +70,47 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     return IngestResult(accepted=accepted, duplicates=duplicates)
 
 
-def _store_fresh(
-    conn: Connection,
+def _ingest_once(
+    db: Database,
     channel_id: str,
-    last_seq: int,
-    fresh: list[dict[str, Any]],
+    first_by_id: dict[str, dict[str, Any]],
     subjects: dict[str, str],
     now: datetime,
-) -> None:
-    known_conversations = queries.existing_conversation_ids(conn, channel_id, {m["conversation_id"] for m in fresh})
-    rows: list[dict[str, Any]] = []
-    opened: dict[str, dict[str, Any]] = {}
-    seq = last_seq
-    for message in fresh:
-        seq += 1
-        rows.append(_inbox_row(channel_id, seq, message, now))
-        conversation_id = message["conversation_id"]
-        if conversation_id in known_conversations:
-            continue
-        if conversation_id not in opened:
-            opened[conversation_id] = {
-                "channel_id": channel_id,
-                "ext_id": conversation_id,
-                "first_seq": seq,
-                "subject": message.get("subject"),
-                "created_at": now,
-            }
-        elif not opened[conversation_id]["subject"] and message.get("subject"):
-            opened[conversation_id]["subject"] = message["subject"]
-    conversations = list(opened.values())
-    for row in conversations:
-        # The derived subject comes from the conversation's first message in this
-        # request: the one that opens it, unless that one was a duplicate (only an
-        # echo can be a duplicate in a new conversation; then the subject is still
-        # the conversation's first words, which is what Desk shows).
-        row["subject"] = (row["subject"] or "").strip()[:255] or subjects[row["ext_id"]]
-    queries.insert_conversations(conn, conversations)
-    queries.insert_messages(conn, rows)
-    queries.advance_last_seq(conn, channel_id, seq)
+) -> list[dict[str, Any]]:
+    """One transaction of ingest_messages; the messages it stored."""
+    with db.write() as conn:
+        known = queries.existing_message_ids(conn, channel_id, list(first_by_id))
+        fresh = [m for m in first_by_id.values() if m["id"] not in known]
+        if not fresh:
+            if queries.channel_row(conn, channel_id) is None:
+                raise ApiError(404, "unknown_channel", "There is no such channel.")
+            return []
+        last_seq = queries.reserve_seqs(conn, channel_id, len(fresh))
+        if last_seq is None:
+            raise ApiError(404, "unknown_channel", "There is no such channel.")
+        rows: list[dict[str, Any]] = []
+        conversations: dict[str, dict[str, Any]] = {}
+        for seq, message in enumerate(fresh, start=last_seq - len(fresh) + 1):
+            rows.append(_inbox_row(channel_id, seq, message, now))
+            opened = conversations.setdefault(
+                message["conversation_id"],
+                {
+                    "channel_id": channel_id,
+                    "ext_id": message["conversation_id"],
+                    "first_seq": seq,
+                    "subject": None,
+                    "created_at": now,
+                },
+            )
+            if not opened["subject"] and (message.get("subject") or "").strip():
+                opened["subject"] = message["subject"].strip()[:255]
+        for row in conversations.values():
+            row["subject"] = row["subject"] or subjects[row["ext_id"]]
+        # A conversation that exists keeps its row: its first message has a lower seq,
+        # since rows are only inserted while the channel is locked.
+        queries.insert_new_conversations(conn, list(conversations.values()))
+        queries.insert_messages(conn, rows)
+    return fresh
 
 
 def _inbox_row(channel_id: str, seq: int, message: dict[str, Any], now: datetime) -> dict[str, Any]:
