@@ -25,5 +25,9 @@ test: $(BIN)/.dev
 	$(BIN)/ruff check app tests bench migrations wsgi.py gunicorn.conf.py
 	$(BIN)/pytest
 
+## The SPEC C2 benchmark (see bench/README.md); pass flags with ARGS="--database-url ...".
+bench: $(BIN)/.dev
+	bench/run $(ARGS)
+
 lint: $(BIN)/.dev
 	$(BIN)/ruff check app tests bench migrations wsgi.py gunicorn.conf.py
