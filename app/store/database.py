@@ -27,7 +27,9 @@ def make_engine(url: str) -> Engine:
         return _sqlite_engine(url)
     # No pre-ping (a round trip per request): a connection found dead raises once, and
     # SQLAlchemy then replaces the whole pool. Recycling bounds a connection's age.
-    return create_engine(url, pool_size=8, max_overflow=16, pool_recycle=1800)
+    # A request holds one connection at a time, so a worker needs about as many as it
+    # has threads; several workers per host must stay under the server's max_connections.
+    return create_engine(url, pool_size=4, max_overflow=8, pool_recycle=1800)
 
 
 def _sqlite_engine(url: str) -> Engine:

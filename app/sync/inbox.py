@@ -173,7 +173,9 @@ def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | 
                 "channel %s: damaged channelState (%s); resuming from acked_seq %s", channel.id, exc, channel.acked_seq
             )
             cursor, damaged = channel.acked_seq, True
-        messages = queries.messages_after(conn, channel.id, cursor, limit)
+        # At the head of the inbox there is nothing to read (a message committed since
+        # the channel row was read comes with the next pull).
+        messages = queries.messages_after(conn, channel.id, cursor, limit) if cursor < channel.last_seq else []
         conversations = (
             queries.conversations_first_between(conn, channel.id, cursor, messages[-1].seq) if messages else []
         )
