@@ -1,0 +1,95 @@
+"""What-if patches: changes bench/RESULTS.md recommends, tried without editing app/.
+
+Each patch replaces one piece of deskbridge at run time, in the process that applies
+it (the profiler's, or the gunicorn workers of `python -m bench --what-if ...`), so
+that a recommendation comes with a measured gain. They are experiments, not fixes:
+the real change belongs in app/, with its tests. A patch whose target has changed
+upstream refuses to apply (ValueError) rather than measure something else.
+
+- custom-plans: PostgreSQL sessions with plan_cache_mode=force_custom_plan, so that a
+  statement psycopg prepares (after 5 runs) is never run with a generic plan made
+  while the table was small (app/store/database.py make_engine: connect_args).
+- orjson-json: the engine (de)serializes JSON columns with orjson instead of the json
+  module (app/store/database.py make_engine: json_serializer, json_deserializer).
+
+To add one: a function that patches a module attribute, checks that the attribute
+still is what it expects, and an entry in PATCHES.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+ENV = "BENCH_WHAT_IF"
+
+
+def _engine_options(change: Callable[[Any, dict[str, Any]], None]) -> None:
+    """Wrap create_engine as app.store.database calls it, changing its keyword arguments."""
+    from app.store import database
+
+    if not hasattr(database, "create_engine"):
+        raise ValueError("app.store.database no longer calls create_engine: update bench/whatif.py")
+    original = database.create_engine
+
+    def create_engine(url: Any, **options: Any) -> Any:
+        change(url, options)
+        return original(url, **options)
+
+    database.create_engine = create_engine  # type: ignore[assignment]
+
+
+def custom_plans() -> None:
+    from sqlalchemy.engine import make_url
+
+    def change(url: Any, options: dict[str, Any]) -> None:
+        parsed = make_url(url)
+        if parsed.get_backend_name() != "postgresql":
+            return
+        connect_args = options.setdefault("connect_args", {})
+        # Keep the URL's own options (the benchmark's search_path): connect_args would replace them.
+        given = connect_args.get("options") or parsed.query.get("options") or ""
+        # Plan each execution with the parameters at hand: a prepared statement's generic plan,
+        # fixed while a table was small, can stay a sequential scan as the table grows.
+        connect_args["options"] = f"{given} -c plan_cache_mode=force_custom_plan".strip()
+
+    _engine_options(change)
+
+
+def orjson_json() -> None:
+    import orjson
+
+    def change(_url: Any, options: dict[str, Any]) -> None:
+        options.setdefault("json_serializer", lambda value: orjson.dumps(value).decode())
+        options.setdefault("json_deserializer", orjson.loads)
+
+    _engine_options(change)
+
+
+PATCHES: dict[str, Callable[[], None]] = {
+    "custom-plans": custom_plans,
+    "orjson-json": orjson_json,
+}
+
+
+def parse(names: str | None) -> list[str]:
+    """The patch names of a comma-separated list; ValueError for an unknown one."""
+    chosen = [name.strip() for name in (names or "").split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in PATCHES]
+    if unknown:
+        raise ValueError(f"unknown what-if patches: {', '.join(unknown)} (known: {', '.join(PATCHES)})")
+    return chosen
+
+
+def apply(names: list[str]) -> None:
+    """Apply patches, before the app is created."""
+    for name in names:
+        PATCHES[name]()
+
+
+def apply_from_env() -> list[str]:
+    """Apply the patches named by BENCH_WHAT_IF."""
+    names = parse(os.environ.get(ENV))
+    apply(names)
+    return names
