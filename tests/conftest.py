@@ -25,6 +25,9 @@ from app import create_app
 from app.admin.channels import create_channel
 from tests.support import desk_pull_body, desk_push_body, services, signed_headers
 
+# The receiver's fixtures (receiver, hooked) serve the push and echo tests.
+pytest_plugins = ["tests.receiver"]
+
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])

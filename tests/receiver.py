@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import pytest
 from svix.webhooks import Webhook as SvixWebhook
 from svix.webhooks import WebhookVerificationError
 
@@ -215,8 +216,10 @@ class _Handler(BaseHTTPRequestHandler):
             step.hold.wait()
         if step.before is not None:
             step.before(received)
-        payload = step.body if isinstance(step.body, bytes) else (
-            b"" if step.body is None else json.dumps(step.body).encode()
+        payload = (
+            step.body
+            if isinstance(step.body, bytes)
+            else (b"" if step.body is None else json.dumps(step.body).encode())
         )
         self.send_response(step.status)
         self.send_header("Content-Type", "application/json")
@@ -255,3 +258,18 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    """A running receiver standing in for the external service."""
+    with running_receiver() as running:
+        yield running
+
+
+@pytest.fixture
+def hooked(receiver: Receiver, new_channel: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """A channel whose outbound URL is the receiver, which knows its outbound secret."""
+    created = new_channel(outbound_url=receiver.url, name="push target")
+    receiver.secret = created["outbound"]["secret"]
+    return created

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.receiver import Answer, Received, Receiver, running_receiver
+from tests.receiver import Answer, Received, Receiver
 from tests.support import desk_pull_body, desk_push_body, signed_headers
 
 REPLY_ID = "287189379819"  # resource.id of the documented push body
@@ -19,17 +18,6 @@ PUSH_URL = "/desk/push?orgId=42"
 PULL_URL = "/desk/pull?orgId=42"
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-def hooked(receiver: Receiver, new_channel: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    created = new_channel(outbound_url=receiver.url, name="echo")
-    receiver.secret = created["outbound"]["secret"]
-    return created
 
 
 def message(msg_id: str, text: str = "Hi customer, thanks for writing to us", **extra: Any) -> dict[str, Any]:

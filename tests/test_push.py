@@ -21,7 +21,7 @@ from werkzeug.serving import make_server
 from app.store.database import Database
 from app.store.models import Reply
 from app.sync.clock import utcnow
-from tests.receiver import HANG, Answer, Receiver, closed_port, running_receiver
+from tests.receiver import HANG, Answer, Receiver, closed_port
 from tests.support import desk_push_body
 
 REPLY_ID = "287189379819"  # resource.id of the documented push body
@@ -30,18 +30,6 @@ PUSH_URL = "/desk/push?orgId=42"
 DESK_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 
 
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    with running_receiver() as running:
-        yield running
-
-
-@pytest.fixture
-def hooked(receiver: Receiver, new_channel: Callable[..., dict[str, Any]]) -> dict[str, Any]:
-    """A channel whose outbound URL is the receiver, which knows its outbound secret."""
-    created = new_channel(outbound_url=receiver.url, name="push target")
-    receiver.secret = created["outbound"]["secret"]
-    return created
 
 
 def database(app: Flask) -> Database:

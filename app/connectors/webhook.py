@@ -92,41 +92,44 @@ def _attach(connection: HTTPConnection) -> None:
         exchange.attach(connection)
 
 
-class _TrackedHTTPConnection(HTTPConnection):
+class _Tracked:
     # A receiver that trickles bytes keeps every socket read inside its timeout;
     # registering the connection lets the waiting thread shut it down at the deadline.
     def connect(self) -> None:
-        _attach(self)
-        super().connect()
+        _attach(self)  # type: ignore[arg-type]
+        super().connect()  # type: ignore[misc]
 
     def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach(self)
-        super().request(*args, **kwargs)
+        _attach(self)  # type: ignore[arg-type]
+        super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _TrackedHTTPSConnection(HTTPSConnection):
-    def connect(self) -> None:
-        _attach(self)
-        super().connect()
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _attach(self)
-        super().request(*args, **kwargs)
-
-
-class _GuardedHTTPConnection(_TrackedHTTPConnection):
+class _Guarded:
     # Refuse private addresses before connecting, then check the address actually
     # connected to, so that a host name that resolves differently the second time
     # (DNS rebinding) cannot slip past.
+    _dns_host: str
+    port: int
+
     def _new_conn(self) -> socket.socket:
         check_resolved(self._dns_host, self.port)
-        return _guard(super()._new_conn())
+        return _guard(super()._new_conn())  # type: ignore[misc]
 
 
-class _GuardedHTTPSConnection(_TrackedHTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        check_resolved(self._dns_host, self.port)
-        return _guard(super()._new_conn())
+class _TrackedHTTPConnection(_Tracked, HTTPConnection):
+    pass
+
+
+class _TrackedHTTPSConnection(_Tracked, HTTPSConnection):
+    pass
+
+
+class _GuardedHTTPConnection(_Guarded, _TrackedHTTPConnection):
+    pass
+
+
+class _GuardedHTTPSConnection(_Guarded, _TrackedHTTPSConnection):
+    pass
 
 
 class _TrackedHTTPPool(HTTPConnectionPool):
