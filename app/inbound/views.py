@@ -10,7 +10,6 @@ from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 from app.errors import ApiError, json_response, parse_json_object
 from app.inbound.schemas import load_messages
 from app.services import services
-from app.store.queries import channel_row
 from app.sync import inbox
 
 inbound = Blueprint("inbound", __name__)
@@ -19,11 +18,7 @@ inbound = Blueprint("inbound", __name__)
 @inbound.post("/inbound/<channel_id>")
 def receive(channel_id: str) -> Response:
     svc = services()
-    with svc.db.read() as conn:
-        channel = channel_row(conn, channel_id)
-        if channel is None:
-            raise ApiError(404, "unknown_channel", "There is no such channel.")
-        secret = svc.keyring.decrypt(channel.inbound_secret)
+    secret = inbox.inbound_secret(svc.db, svc.keyring, channel_id)
     raw = request.get_data(cache=False)
     _verify(secret, raw)
     messages = load_messages(parse_json_object(raw))

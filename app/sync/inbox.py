@@ -33,6 +33,15 @@ class IngestResult:
 INGEST_ATTEMPTS = 3
 
 
+def inbound_secret(db: Database, keyring: Keyring, channel_id: str) -> str:
+    """The secret that signs a channel's inbound webhooks; 404 for an unknown channel."""
+    with db.read() as conn:
+        channel = queries.channel_row(conn, channel_id)
+    if channel is None:
+        raise ApiError(404, "unknown_channel", "There is no such channel.")
+    return keyring.decrypt(channel.inbound_secret)
+
+
 def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]]) -> IngestResult:
     """Store new messages in the inbox, numbered under the channel lock; report duplicates.
 
