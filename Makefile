@@ -17,8 +17,7 @@ $(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
 
 ## Migrate the database (SQLite in instance/ unless DATABASE_URL is set) and serve with gunicorn.
 run: $(BIN)/.runtime
-	$(BIN)/alembic upgrade head
-	exec $(BIN)/gunicorn --config gunicorn.conf.py wsgi:app
+	exec $(BIN)/python -m app.serve
 
 ## Lint, then the whole test suite (PostgreSQL too when TEST_DATABASE_URL is set).
 test: $(BIN)/.dev

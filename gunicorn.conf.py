@@ -8,7 +8,8 @@ bind = os.environ.get("BIND", "127.0.0.1:8000")
 # bench/RESULTS.md measured +31 % ingest for 4 workers x 1 thread over 2 x 4); a few
 # threads each keep pushes that wait on a slow external service from blocking pulls.
 workers = int(os.environ.get("WEB_CONCURRENCY", 2 * multiprocessing.cpu_count()))
-worker_class = "gthread"
+# gthread, with the server's own error answers (malformed requests, limits) in the JSON shape.
+worker_class = "app.web.server.JsonErrorWorker"
 threads = int(os.environ.get("THREADS", "4"))
 # For gthread workers this is the worker heartbeat, not a limit on one request: a
 # push waiting PUSH_DEADLINE_SECONDS on a slow service does not trip it.
@@ -20,14 +21,31 @@ errorlog = "-"
 loglevel = "info"
 # The control socket sits at one fixed path per user: two servers on a host would clash.
 control_socket_disable = True
+# The app logs through the root logger (app/logging.py, LOG_FORMAT json or text); gunicorn's
+# own lines use the same format. The root gets its handler from create_app() in each worker.
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s [%(process)d] %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
-    "root": {"level": "INFO", "handlers": ["stderr"]},
+    "formatters": {
+        "deskbridge": {"()": "app.logging.formatter", "log_format": os.environ.get("LOG_FORMAT", "json").lower()},
+    },
+    "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "deskbridge", "stream": "ext://sys.stderr"}},
+    "root": {"level": "INFO", "handlers": []},
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["stderr"], "propagate": False},
         "sqlalchemy": {"level": "WARNING"},
     },
 }
+
+
+def on_starting(server: object) -> None:
+    """Stop at once, with one line, on a malformed setting: not once per worker with a traceback."""
+    import sys
+
+    from app.config import ConfigError, Settings
+
+    try:
+        Settings.from_env()
+    except ConfigError as exc:
+        print(f"deskbridge: configuration error: {exc}", file=sys.stderr)
+        sys.exit(2)

@@ -7,30 +7,37 @@ from collections.abc import Mapping
 from flask import Flask
 
 from app.config import Settings
-from app.connectors import ConnectorFactory
+from app.connectors import Connectors
+from app.connectors.base import ConnectorKind
 from app.keyring import Keyring
+from app.logging import configure_logging, init_request_logging
 from app.services import Services
 from app.store.database import Database
 
 
-def create_app(overrides: Mapping[str, str] | None = None) -> Flask:
-    """Assemble the application; `overrides` take precedence over the environment."""
-    from app.admin.api import admin_api
-    from app.admin.cli import channel_cli
-    from app.desk.views import desk
-    from app.errors import register_error_handlers
-    from app.health import health
-    from app.inbound.views import inbound
+def create_app(
+    overrides: Mapping[str, str] | None = None, *, connectors: Mapping[str, ConnectorKind] | None = None
+) -> Flask:
+    """Assemble the application; `overrides` take precedence over the environment, and
+    `connectors` replace or add connector kinds by name (tests inject fakes here)."""
+    from app.cli import channel_cli
+    from app.web.admin import admin_api
+    from app.web.desk import desk
+    from app.web.errors import register_error_handlers
+    from app.web.health import health
+    from app.web.inbound import inbound
 
     settings = Settings.from_env(overrides=overrides)
+    configure_logging(settings.log_format)
     app = Flask(__name__, instance_path=str(settings.instance_path), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
     app.extensions["deskbridge"] = Services(
         settings=settings,
-        db=Database(settings.database_url),
+        db=Database(settings.database_url, busy_timeout=settings.sqlite_busy_timeout_seconds),
         keyring=Keyring(settings.secret_key),
-        connectors=ConnectorFactory(allow_private=settings.allow_private_outbound),
+        connectors=Connectors(allow_private=settings.allow_private_outbound, overrides=connectors),
     )
+    init_request_logging(app)
     register_error_handlers(app)
     for blueprint in (health, desk, inbound, admin_api):
         app.register_blueprint(blueprint)

@@ -28,6 +28,8 @@ class Settings:
     allow_private_outbound: bool
     max_body_bytes: int
     instance_path: Path
+    log_format: str = "json"
+    sqlite_busy_timeout_seconds: float = 10.0
 
     def __repr__(self) -> str:
         # Keep secrets out of tracebacks and debug output.
@@ -53,18 +55,42 @@ class Settings:
             allow_private_outbound=_flag(env, "ALLOW_PRIVATE_OUTBOUND"),
             max_body_bytes=int(_number(env, "MAX_BODY_BYTES", 1024 * 1024, 1024, 1 << 30, integer=True)),
             instance_path=instance,
+            log_format=_choice(env, "LOG_FORMAT", ("json", "text")),
+            sqlite_busy_timeout_seconds=_number(env, "SQLITE_BUSY_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
         )
 
 
 def database_url(env: Mapping[str, str] | None = None, instance: Path | None = None) -> str:
     """The database URL: DATABASE_URL, else a SQLite file in the instance folder."""
     env = os.environ if env is None else env
-    url = env.get("DATABASE_URL")
+    url = (env.get("DATABASE_URL") or "").strip()
     if url:
-        return url
+        return _normalised_database_url(url)
     instance = Path(env.get("INSTANCE_PATH") or instance or INSTANCE_DIR)
     instance.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{instance / 'deskbridge.sqlite3'}"
+
+
+def _normalised_database_url(url: str) -> str:
+    """postgres:// and postgresql:// (as hosting providers write them) mean psycopg 3."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        raise ConfigError("DATABASE_URL must look like postgresql+psycopg://user:pass@host/db or sqlite:///path")
+    if scheme in ("postgres", "postgresql"):
+        url = f"postgresql+psycopg://{rest}"
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError("DATABASE_URL is not a database URL") from None
+    backend, driver = parsed.get_backend_name(), parsed.get_driver_name()
+    if backend not in ("sqlite", "postgresql"):
+        raise ConfigError(f"DATABASE_URL names {backend!r}: deskbridge runs on sqlite or postgresql")
+    if backend == "postgresql" and driver != "psycopg":
+        raise ConfigError(f"DATABASE_URL names the driver {driver!r}: use postgresql+psycopg:// (psycopg 3)")
+    return url
 
 
 def _instance_secret_key(instance: Path) -> str:
@@ -101,6 +127,15 @@ def _number(
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
     return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    raw = (env.get(name) or "").strip().lower()
+    if not raw:
+        return choices[0]
+    if raw not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {raw!r}")
+    return raw
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:

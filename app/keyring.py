@@ -28,6 +28,7 @@ class Keyring:
     def __init__(self, secret_key: str) -> None:
         self._fernet = Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"secrets")))
         self._state_key = _derive(secret_key, b"channel-state")
+        self._digest_key = _derive(secret_key, b"digest")
 
     def __repr__(self) -> str:
         return "Keyring(<redacted>)"
@@ -47,6 +48,11 @@ class Keyring:
         """MAC of a channelState payload, url-safe base64 without padding."""
         digest = hmac.new(self._state_key, message.encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+    def digest(self, value: str) -> str:
+        """A keyed digest (hex) of a secret value: tells whether it changed without storing it."""
+        return hmac.new(self._digest_key, value.encode(), hashlib.sha256).hexdigest()
 
 
 def new_token() -> str:

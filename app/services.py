@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from app.config import Settings
-from app.connectors import ConnectorFactory
+from app.connectors import Connectors
 from app.keyring import Keyring
 from app.store.database import Database
 
@@ -17,7 +17,7 @@ class Services:
     settings: Settings
     db: Database
     keyring: Keyring
-    connectors: ConnectorFactory
+    connectors: Connectors
 
 
 def services() -> Services:

@@ -1,13 +1,14 @@
-"""Shared marshmallow pieces: safe text fields and schema errors as 422 answers."""
+"""Shared input checks: JSON bodies, safe text fields, schema errors as domain errors."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 from marshmallow import Schema, ValidationError, fields
 
-from app.errors import ApiError
+from app.domain.errors import Invalid, MalformedRequest
 
 
 class Text(fields.String):
@@ -50,11 +51,11 @@ def max_depth(limit: int) -> Callable[[Any], None]:
 
 
 def load(schema: Schema, data: Any, message: str = "The request is not valid.") -> dict[str, Any]:
-    """Load data with a schema, or raise a 422 ApiError with the field errors."""
+    """Load data with a schema, or raise Invalid with the field errors."""
     try:
         return schema.load(data)
     except ValidationError as exc:
-        raise ApiError(422, "validation_error", message, fields=str_keys(exc.messages)) from None
+        raise Invalid("validation_error", message, fields=str_keys(exc.messages)) from None
 
 
 def str_keys(messages: Any) -> Any:
@@ -62,3 +63,14 @@ def str_keys(messages: Any) -> Any:
     if isinstance(messages, dict):
         return {str(key): str_keys(value) for key, value in messages.items()}
     return messages
+
+
+def parse_json_object(raw: bytes) -> dict[str, Any]:
+    """A request body that must be a JSON object, or MalformedRequest."""
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise MalformedRequest("invalid_json", "The request body is not valid JSON.") from None
+    if not isinstance(body, dict):
+        raise MalformedRequest("invalid_json", "The request body must be a JSON object.")
+    return body

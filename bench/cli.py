@@ -26,8 +26,8 @@ from sqlalchemy import text
 from standardwebhooks.webhooks import Webhook
 
 from app import create_app
-from app.admin.channels import create_channel
 from app.services import Services
+from app.usecases.channels import create_channel
 from bench import figures as fig
 from bench import machine, whatif
 from bench.database import fresh_database, seed_inbox, seed_inboxes, seeded_rows_differences
@@ -200,7 +200,7 @@ def _create_channels(services: Services, receiver: Server) -> dict[str, dict[str
     for name in names:
         data = {"connector": "webhook", "outbound_url": outbound.get(name, "http://127.0.0.1:9/unused"),
                 "name": f"bench {name}", "org_id": "60001234"}
-        channels[name] = create_channel(services.db, services.keyring, data, allow_private=True)
+        channels[name] = create_channel(services.db, services.keyring, services.connectors, data)
     return channels
 
 

@@ -22,10 +22,10 @@ from psycopg.types.json import _JsonWrapper as JsonWrapper
 from sqlalchemy import Table, create_engine, text, update
 from sqlalchemy.engine import Dialect, make_url
 
-from app.rendering import html_to_text, subject_line
+from app.rendering import html_to_text, sanitize_html, subject_line
 from app.store.database import Database
 from app.store.models import Channel, Conversation, InboxMessage
-from app.sync.clock import utcnow
+from app.usecases.clock import utcnow
 from bench.payloads import loaded_message, message
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -94,7 +94,7 @@ def _processors(table: Table, dialect: Dialect) -> tuple[list[str], list[Callabl
 
 
 def _derived_subject(item: dict[str, Any], cache: dict[str, str]) -> str:
-    """The subject ingest derives for a conversation (app/sync/inbox.py _derived_subject).
+    """The subject ingest derives for a conversation (app/usecases/ingest.py _derived_subject).
 
     Rendering HTML takes about half a millisecond, too slow for a million rows; the
     generated HTML differs only in its numbers, so a rendered subject without digits
@@ -121,12 +121,14 @@ def _derived_subject(item: dict[str, Any], cache: dict[str, str]) -> str:
 def inbox_and_conversation_rows(
     channel_id: str, prefix: str, first: int, last: int, now: datetime
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Rows of messages first..last (seq = n), as ingest writes them (app/sync/inbox.py), not yet bound."""
+    """Rows of messages first..last (seq = n), as ingest writes them (app/usecases/ingest.py), not yet bound."""
     inbox: list[dict[str, Any]] = []
     conversations: list[dict[str, Any]] = []
     subjects: dict[str, str] = {}
     for n in range(first, last + 1):
         item = loaded_message(message(prefix, n))
+        if item.get("html"):
+            item["html"] = sanitize_html(item["html"])  # what ingest stores
         html = item.get("html")
         inbox.append({
             "channel_id": channel_id, "seq": n, "ext_id": item["id"], "conversation_ext_id": item["conversation_id"],
@@ -146,7 +148,7 @@ def _in_column_order(rows: list[dict[str, Any]], columns: list[str], table: str)
     missing = [name for name in columns if rows and name not in rows[0]]
     if missing:
         raise RuntimeError(f"the seeder does not fill {table}.{', '.join(missing)}: update bench/database.py "
-                           "to write rows as app/sync/inbox.py does")
+                           "to write rows as app/usecases/ingest.py does")
     return [tuple(row[name] for name in columns) for row in rows]
 
 

@@ -31,9 +31,9 @@ from flask.testing import FlaskClient
 from standardwebhooks.webhooks import Webhook
 
 from app import create_app
-from app.admin.channels import create_channel
 from app.desk.state import encode_state
 from app.services import Services
+from app.usecases.channels import create_channel
 from bench import machine, whatif
 from bench.database import fresh_database, seed_inboxes
 from bench.payloads import ORG_ID, batch_body, message, pull_body, push_body, signed_headers
@@ -155,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         channels = {}
         for name in ("pull", "ingest", "batch", "push"):
             url = f"{receiver.base_url}/hook" if name == "push" else "http://127.0.0.1:9/unused"
-            channels[name] = create_channel(services.db, services.keyring,
-                                            {"connector": "webhook", "outbound_url": url, "org_id": ORG_ID},
-                                            allow_private=True)
+            channels[name] = create_channel(services.db, services.keyring, services.connectors,
+                                            {"connector": "webhook", "outbound_url": url, "org_id": ORG_ID})
         # As the benchmark: 1000 messages to pull, and a history in the ingest channels (current statistics).
         seed_inboxes(services.db, [(channels["pull"]["id"], "P", 1000), (channels["ingest"]["id"], "H", 10_000),
                                    (channels["batch"]["id"], "H", 10_000)])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
 from app import create_app
-from app.admin.channels import create_channel
+from app.usecases.channels import create_channel
 from tests.support import desk_pull_body, desk_push_body, services, signed_headers
 
 # The receiver's fixtures (receiver, hooked) serve the push and echo tests.
@@ -31,7 +31,7 @@ pytest_plugins = ["tests.receiver"]
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("replies", "inbox_messages", "conversations", "channels")
+TABLES = ("reply_attempts", "replies", "inbox_messages", "conversations", "channels")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 
@@ -105,7 +105,7 @@ def make_app(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Flask]
     """Build apps on the test database; keyword arguments override settings."""
     apps: list[Flask] = []
 
-    def build(**overrides: str) -> Flask:
+    def build(connectors: Mapping[str, Any] | None = None, **overrides: str) -> Flask:
         settings = {
             "DATABASE_URL": database_url,
             "INSTANCE_PATH": str(tmp_path / "instance"),
@@ -115,7 +115,7 @@ def make_app(database_url: str, tmp_path: Path) -> Iterator[Callable[..., Flask]
             "PUSH_DEADLINE_SECONDS": "2",
         }
         settings.update(overrides)
-        app = create_app(settings)
+        app = create_app(settings, connectors=connectors)
         app.config["TESTING"] = True
         apps.append(app)
         return app
@@ -143,7 +143,7 @@ def new_channel(app: Flask) -> Callable[..., dict[str, Any]]:
     def create(outbound_url: str = "http://127.0.0.1:9/unused", **fields: Any) -> dict[str, Any]:
         svc = services(app)
         data = {"connector": "webhook", "outbound_url": outbound_url, **fields}
-        return create_channel(svc.db, svc.keyring, data, allow_private=svc.settings.allow_private_outbound)
+        return create_channel(svc.db, svc.keyring, svc.connectors, data)
 
     return create
 

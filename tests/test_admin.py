@@ -44,9 +44,9 @@ def test_cli_create_prints_credentials_once_and_stores_only_hash_and_ciphertext(
     with services(app).db.session() as session:
         row = session.execute(select(Channel)).scalar_one()
     assert row.desk_token_hash == hash_token(created["desk"]["channelToken"])
-    assert created["inbound"]["secret"] not in row.inbound_secret
-    assert services(app).keyring.decrypt(row.inbound_secret) == created["inbound"]["secret"]
-    assert services(app).keyring.decrypt(row.outbound_secret) == created["outbound"]["secret"]
+    assert created["inbound"]["secret"] not in str(row.secrets)
+    assert services(app).keyring.decrypt(row.secrets["inbound_secret"]) == created["inbound"]["secret"]
+    assert services(app).keyring.decrypt(row.secrets["outbound_secret"]) == created["outbound"]["secret"]
 
 
 def test_cli_create_without_name_or_org(app):

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import stat
+import subprocess
+import sys
 
 import pytest
 
 from app.config import ConfigError, Settings
+from tests.conftest import ROOT
 
 
 def test_defaults_use_sqlite_in_the_instance_folder_and_generate_a_kept_secret_key(tmp_path, monkeypatch):
@@ -79,3 +83,50 @@ def test_settings_repr_hides_secrets(tmp_path):
     )
     text = repr(settings)
     assert "very-secret-key" not in text and "admin-secret" not in text and "dbpass" not in text
+
+
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql", "postgresql+psycopg"])
+def test_postgres_urls_as_providers_write_them_mean_psycopg_3(tmp_path, scheme):
+    settings = Settings.from_env({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k",
+                                  "DATABASE_URL": f"{scheme}://u:pw@db:5432/x"})
+    assert settings.database_url == "postgresql+psycopg://u:pw@db:5432/x"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("mysql://u@h/d", "sqlite or postgresql"),
+        ("postgresql+psycopg2://u@h/d", "psycopg 3"),
+        ("just-a-word", "DATABASE_URL must look like"),
+    ],
+)
+def test_unusable_database_urls_are_refused_by_name_without_echoing_them(tmp_path, url, complaint):
+    with pytest.raises(ConfigError, match="DATABASE_URL") as refused:
+        Settings.from_env({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k", "DATABASE_URL": url})
+    assert complaint in str(refused.value)
+
+
+def test_log_format_is_json_by_default_and_may_be_text(tmp_path):
+    base = {"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k"}
+    assert Settings.from_env(base).log_format == "json"
+    assert Settings.from_env(base | {"LOG_FORMAT": "text"}).log_format == "text"
+    with pytest.raises(ConfigError, match="LOG_FORMAT"):
+        Settings.from_env(base | {"LOG_FORMAT": "xml"})
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("PUSH_DEADLINE_SECONDS", "abc"), ("DATABASE_URL", "postgresql+psycopg2://u:topsecret@h/d")],
+)
+def test_the_run_command_stops_on_a_malformed_value_with_one_line_naming_it(tmp_path, name, value):
+    env = {key: val for key, val in os.environ.items() if key not in ("DATABASE_URL", "SECRET_KEY")}
+    env.update({"INSTANCE_PATH": str(tmp_path), name: value})
+    done = subprocess.run(
+        [sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert name in lines[0] and "Traceback" not in done.stderr
+    assert "topsecret" not in done.stderr
+    assert done.stdout == ""

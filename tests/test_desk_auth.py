@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app.admin.channels import set_enabled
+from app.usecases.channels import set_enabled
 from tests.conftest import services
 from tests.support import desk_pull_body, desk_push_body
 

@@ -165,7 +165,7 @@ def test_huge_html_reply_is_answered_within_the_deadline(make_app, new_channel):
     assert answer.status_code == 200, answer.json
     assert elapsed < 2.0
     (request,) = receiver.received
-    assert request.body["data"]["text"].startswith("cellmore text\ncell")
+    assert request.body["data"]["text"].startswith("cell | more text\ncell | more text")
 
 
 def test_huge_html_message_without_subject_is_ingested_quickly(make_app, new_channel):

@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from werkzeug.test import TestResponse
 
-from app.admin.channels import list_channels, set_enabled
+from app.usecases.channels import list_channels, set_enabled
 from tests.desk_simulator import DESK_TIME, message
 from tests.support import desk_pull_body, desk_push_body, services, signed_headers
 

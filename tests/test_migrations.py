@@ -85,3 +85,61 @@ def test_concurrent_upgrades_of_an_empty_database_both_succeed(empty_database):
     outputs = [run.communicate(timeout=120)[0] for run in runs]
     assert [run.returncode for run in runs] == [0, 0], outputs
     assert differences(empty_database) == []
+
+
+def test_a_webhook_channel_made_before_connector_settings_keeps_working_after_the_upgrade(
+    empty_database: str, tmp_path: Path
+) -> None:
+    from sqlalchemy import text
+
+    from app import create_app
+    from app.keyring import Keyring, hash_token, new_token, new_webhook_secret
+    from tests.receiver import Answer, running_receiver
+    from tests.support import desk_push_body, signed_headers
+
+    config = Config(str(ROOT / "alembic.ini"))
+    config.attributes["database_url"] = empty_database
+    config.attributes["configure_logger"] = False
+    command.upgrade(config, "0001")
+    keyring = Keyring("migration-test-key")
+    token, inbound, outbound = new_token(), new_webhook_secret(), new_webhook_secret()
+    with running_receiver(outbound) as receiver:
+        engine = make_engine(empty_database)
+        try:
+            with engine.begin() as conn:
+                conn.execute(
+                    text(
+                        "INSERT INTO channels (id, name, org_id, connector, outbound_url, desk_token_hash,"
+                        " inbound_secret, outbound_secret, enabled, last_seq, acked_seq, created_at)"
+                        " VALUES ('ch_old', 'old', NULL, 'webhook', :url, :hash, :inbound, :outbound, true, 0, 0,"
+                        " CURRENT_TIMESTAMP)"
+                    ),
+                    {"url": receiver.url, "hash": hash_token(token), "inbound": keyring.encrypt(inbound),
+                     "outbound": keyring.encrypt(outbound)},
+                )
+        finally:
+            engine.dispose()
+        command.upgrade(config, "head")
+        app = create_app({"DATABASE_URL": empty_database, "SECRET_KEY": "migration-test-key",
+                          "INSTANCE_PATH": str(tmp_path), "ALLOW_PRIVATE_OUTBOUND": "true"})
+        try:
+            client = app.test_client()
+            body = '{"id": "m1", "conversation_id": "c1", "text": "still here"}'
+            answer = client.post("/inbound/ch_old", data=body, headers=signed_headers(inbound, body))
+            assert answer.status_code == 200, answer.json
+            receiver.script(Answer(200, {"id": "sent-1"}))
+            channel = {"desk": {"channelId": "ch_old", "channelToken": token}}
+            pushed = client.post("/desk/push?orgId=1", json=desk_push_body(channel))
+            assert pushed.status_code == 200, pushed.json
+            assert receiver.received[0].signature_valid
+        finally:
+            app.extensions["deskbridge"].db.dispose()
+    command.downgrade(config, "0001")  # and back: the channel's columns are restored
+    engine = make_engine(empty_database)
+    try:
+        with engine.connect() as conn:
+            row = conn.execute(text("SELECT outbound_url, inbound_secret FROM channels WHERE id = 'ch_old'")).one()
+    finally:
+        engine.dispose()
+    assert row.outbound_url == receiver.url
+    assert keyring.decrypt(row.inbound_secret) == inbound

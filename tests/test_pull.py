@@ -14,9 +14,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import event
 
-from app.admin.channels import list_channels
 from app.desk.state import encode_state
 from app.keyring import Keyring
+from app.usecases.channels import list_channels
 from tests.desk_simulator import DESK_TIME, ExternalService, FlaskTransport, message
 from tests.support import desk_pull_body, fixture, services
 
@@ -101,11 +101,23 @@ def test_thread_defaults_to_incoming_and_replyable(
 ) -> None:
     service.send_ok(message("m1"))
 
-    ticket, thread = only_ticket_and_thread(client, channel)
+    _, thread = only_ticket_and_thread(client, channel)
 
     assert thread["direction"] == "in"
     assert thread["canReply"] is True
-    assert "actor" not in thread and "actor" not in ticket
+
+
+CONVERSATION_ACTOR = {"extId": "c1", "name": "c1", "displayName": "c1"}
+
+
+def test_message_without_author_gets_the_conversation_id_as_actor_on_ticket_and_thread(
+    client: FlaskClient, channel: Channel, service: ExternalService
+) -> None:
+    service.send_ok(message("m1"))
+
+    ticket, thread = only_ticket_and_thread(client, channel)
+
+    assert thread["actor"] == ticket["actor"] == CONVERSATION_ACTOR
 
 
 def test_html_message_is_a_html_thread(client: FlaskClient, channel: Channel, service: ExternalService) -> None:
@@ -120,24 +132,27 @@ def test_html_message_is_a_html_thread(client: FlaskClient, channel: Channel, se
     ("author", "actor"),
     [
         ({"id": "u1"}, {"extId": "u1"}),
-        ({"name": "Ann"}, {"name": "Ann", "displayName": "Ann"}),
-        ({"email": "a@example.com", "phone": "+44 20"}, {"email": "a@example.com", "phone": "+44 20"}),
-        ({"avatar_url": "https://example.com/a.png"}, {"photoURL": "https://example.com/a.png"}),
-        ({"id": "", "name": None, "email": "a@example.com"}, {"email": "a@example.com"}),
-        ({"id": None, "name": ""}, None),
-        ({}, None),
-        (None, None),
+        ({"name": "Ann"}, {"extId": "c1", "name": "Ann", "displayName": "Ann"}),
+        ({"email": "a@example.com", "phone": "+44 20"},
+         {"extId": "c1", "name": "c1", "displayName": "c1", "email": "a@example.com", "phone": "+44 20"}),
+        ({"avatar_url": "https://example.com/a.png"},
+         {"extId": "c1", "name": "c1", "displayName": "c1", "photoURL": "https://example.com/a.png"}),
+        ({"id": "", "name": None, "email": "a@example.com"},
+         {"extId": "c1", "name": "c1", "displayName": "c1", "email": "a@example.com"}),
+        ({"id": None, "name": ""}, CONVERSATION_ACTOR),
+        ({}, CONVERSATION_ACTOR),
+        (None, CONVERSATION_ACTOR),
     ],
 )
-def test_actor_has_only_the_known_fields(
+def test_actor_has_the_known_fields_and_always_an_ext_id(
     client: FlaskClient, channel: Channel, service: ExternalService, author: Any, actor: Any
 ) -> None:
     service.send_ok(message("m1", author=author))
 
     ticket, thread = only_ticket_and_thread(client, channel)
 
-    assert thread.get("actor") == actor
-    assert ticket.get("actor") == actor
+    assert thread["actor"] == actor
+    assert ticket["actor"] == actor
 
 
 def test_ticket_subject_is_the_conversation_subject(

@@ -20,7 +20,7 @@ from werkzeug.serving import make_server
 
 from app.store.database import Database
 from app.store.models import Reply
-from app.sync.clock import utcnow
+from app.usecases.clock import utcnow
 from tests.receiver import HANG, Answer, Receiver, closed_port
 from tests.support import desk_push_body
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from app.connectors import webhook
+from app.connectors import http
 from app.connectors.addresses import AddressRefused, check_address, check_outbound_url
 from app.connectors.base import (
     Delivered,
@@ -20,9 +20,10 @@ from app.connectors.base import (
     TransientDeliveryError,
 )
 from app.connectors.fake import FakeConnector
-from app.connectors.webhook import WebhookConnector, make_http_session
+from app.connectors.http import make_http_session
+from app.connectors.webhook import WebhookConnector
 from app.keyring import new_webhook_secret
-from app.sync.replies import _deliver
+from app.usecases.push import BACKOFF_SECONDS, JITTER, deliver_paced
 from tests.receiver import (
     CLOSE,
     GARBAGE,
@@ -83,7 +84,7 @@ def test_2xx_is_delivered(receiver: Receiver, status: int) -> None:
 
     delivered = deliver_once(receiver, Answer(status, body))
 
-    assert delivered == Delivered(external_id=None if status == 204 else f"m{status}")
+    assert delivered == Delivered(external_id=None if status == 204 else f"m{status}", http_status=status)
     [request] = receiver.received
     assert request.signature_valid
     assert request.webhook_id == "reply_42"
@@ -156,7 +157,7 @@ def test_3xx_is_permanent_and_not_followed(receiver: Receiver, status: int) -> N
 def test_external_id_is_read_from_the_answers_id_only(
     receiver: Receiver, answer_body: object, external_id: str | None
 ) -> None:
-    assert deliver_once(receiver, Answer(200, answer_body)) == Delivered(external_id=external_id)
+    assert deliver_once(receiver, Answer(200, answer_body)) == Delivered(external_id=external_id, http_status=200)
 
 
 @pytest.mark.parametrize("bad_id", ["x" * 256, "ext\u0000id", "line\nbreak", "   "])
@@ -256,7 +257,7 @@ def test_address_actually_connected_to_is_checked_even_if_the_lookup_before_said
 ) -> None:
     # DNS rebinding: the lookup before connecting answered a public address, the
     # connection itself went to 127.0.0.1. Simulated by skipping the first check.
-    monkeypatch.setattr(webhook, "check_resolved", lambda host, port: None)
+    monkeypatch.setattr(http, "check_resolved", lambda host, port: None)
     connector = connector_to(f"http://127.1:{receiver.port}/hooks/desk", receiver.secret, allow_private=False)
 
     with pytest.raises(PermanentDeliveryError, match="outbound address policy"):
@@ -347,42 +348,108 @@ def test_trickling_receiver_cannot_hold_a_delivery_past_its_timeout(receiver: Re
         assert not thread.is_alive(), "the delivery thread outlived its timeout"
 
 
-# --- retries around a connector (app.sync.replies._deliver) with the fake ------------------------
+# --- pacing around a connector (app.usecases.push.deliver_paced) with the fake ------------------
 
 
-def test_transient_failures_are_retried_until_success() -> None:
+class Clock:
+    """A sleep that records the waits it was asked for and moves a virtual clock, so that
+    pacing is checked without waiting (deliver_paced reads time.monotonic for its deadline)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.now = 1000.0
+        self.waits: list[float] = []
+        monkeypatch.setattr(time, "monotonic", lambda: self.now)
+
+    def sleep(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.now += seconds
+
+
+def test_transient_failures_are_retried_until_success(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
     fake = FakeConnector(TransientDeliveryError("503"), TransientDeliveryError("timeout"), Delivered("ext-9"))
 
-    outcome, attempts = _deliver(fake, REPLY, time.monotonic() + 5)
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 10, sleep=clock.sleep)
 
     assert outcome == Delivered("ext-9")
-    assert attempts == 3
+    assert [a.outcome for a in attempts] == ["transient", "transient", "sent"]
+    assert [a.error for a in attempts] == ["503", "timeout", None]
     assert [reply for reply, _ in fake.deliveries] == [REPLY, REPLY, REPLY]
-    assert all(0 < timeout <= 5 for _, timeout in fake.deliveries)
+
+
+def test_a_receiver_failing_every_time_gets_four_attempts_paced_about_half_1_5_and_3_5_seconds_apart(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(monkeypatch)
+    fake = FakeConnector(*[TransientDeliveryError("HTTP 500", http_status=500) for _ in range(20)])
+
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 10, sleep=clock.sleep)
+
+    assert isinstance(outcome, TransientDeliveryError)
+    assert len(attempts) == len(fake.deliveries) == 4
+    assert [a.http_status for a in attempts] == [500, 500, 500, 500]
+    assert len(clock.waits) == 3
+    for waited, base in zip(clock.waits, (0.5, 1.5, 3.5), strict=True):
+        assert base * 0.8 <= waited <= base * 1.2
+
+
+def test_waits_are_jittered_so_that_replies_failing_together_do_not_retry_in_step(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    first_waits = set()
+    for _ in range(5):
+        clock = Clock(monkeypatch)
+        deliver_paced(FakeConnector(TransientDeliveryError("x"), Delivered("y")), REPLY, clock.now + 10,
+                      sleep=clock.sleep)
+        first_waits.add(clock.waits[0])
+    assert len(first_waits) == 5
+    assert all(BACKOFF_SECONDS[0] * (1 - JITTER) <= wait <= BACKOFF_SECONDS[0] * (1 + JITTER) for wait in first_waits)
+
+
+def test_fewer_attempts_when_the_deadline_is_shorter(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    fake = FakeConnector(*[TransientDeliveryError(f"failure {n}") for n in range(20)])
+
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 2.5, sleep=clock.sleep)
+
+    # 0.5 s then 1.5 s (with at most 20 % jitter) fit in 2.5 s only when the jitter is low:
+    # at least two attempts, at most three, and never a wait past the deadline.
+    assert 2 <= len(attempts) <= 3
+    assert isinstance(outcome, TransientDeliveryError) and outcome.message == f"failure {len(attempts) - 1}"
+    assert clock.now <= 1000.0 + 2.5
+
+
+def test_retry_after_that_fits_in_the_deadline_is_waited_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    fake = FakeConnector(TransientDeliveryError("HTTP 429", http_status=429, retry_after=4.0), Delivered("ok"))
+
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 10, sleep=clock.sleep)
+
+    assert outcome == Delivered("ok")
+    assert clock.waits == [4.0]
+    assert len(attempts) == 2
+
+
+def test_retry_after_beyond_the_deadline_ends_the_delivery_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = Clock(monkeypatch)
+    fake = FakeConnector(TransientDeliveryError("HTTP 503", http_status=503, retry_after=30.0), Delivered("never"))
+
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 10, sleep=clock.sleep)
+
+    assert isinstance(outcome, TransientDeliveryError) and outcome.http_status == 503
+    assert clock.waits == []
+    assert len(attempts) == len(fake.deliveries) == 1
 
 
 def test_permanent_failure_is_not_retried() -> None:
-    rejection = PermanentDeliveryError("HTTP 400")
+    rejection = PermanentDeliveryError("HTTP 400", http_status=400)
     fake = FakeConnector(rejection, Delivered("never"))
 
-    outcome, attempts = _deliver(fake, REPLY, time.monotonic() + 5)
+    outcome, attempts = deliver_paced(fake, REPLY, time.monotonic() + 5)
 
     assert outcome is rejection
-    assert attempts == 1
+    assert [(a.outcome, a.http_status, a.error) for a in attempts] == [("permanent", 400, "HTTP 400")]
     assert len(fake.deliveries) == 1
-
-
-def test_retries_stop_at_the_deadline_with_the_last_transient_failure() -> None:
-    fake = FakeConnector(*[TransientDeliveryError(f"failure {n}") for n in range(1000)])
-    started = time.monotonic()
-
-    outcome, attempts = _deliver(fake, REPLY, started + 0.5)
-
-    elapsed = time.monotonic() - started
-    assert isinstance(outcome, TransientDeliveryError)
-    assert outcome.message == f"failure {attempts - 1}"
-    assert attempts == len(fake.deliveries) >= 2
-    assert elapsed <= 0.5 + 0.05
 
 
 class SlowFake(FakeConnector):
@@ -400,14 +467,15 @@ class SlowFake(FakeConnector):
 
 
 def test_no_attempt_is_given_time_beyond_the_deadline() -> None:
-    fake = SlowFake(0.25, *[TransientDeliveryError("slow") for _ in range(100)])
+    fake = SlowFake(0.3, *[TransientDeliveryError("slow") for _ in range(100)])
     started = time.monotonic()
-    deadline = started + 0.6
+    deadline = started + 1.2
 
-    outcome, attempts = _deliver(fake, REPLY, deadline)
+    outcome, attempts = deliver_paced(fake, REPLY, deadline)
 
     assert isinstance(outcome, TransientDeliveryError)
-    assert attempts >= 2
-    assert time.monotonic() - started <= 0.6 + 0.1
+    assert len(attempts) == 2  # 0.3 s, about 0.5 s of backoff, 0.3 s; no room for 1.5 s more
+    assert time.monotonic() - started <= 1.2 + 0.1
     for began, (_, timeout) in zip(fake.started, fake.deliveries, strict=True):
         assert began + timeout <= deadline + 0.06  # MIN_ATTEMPT_SECONDS of slack at most
+    assert all(a.duration_ms >= 250 for a in attempts)

@@ -1,40 +1,32 @@
-"""External services that replies are delivered to, one module per kind."""
+"""External services, one module per kind; each kind owns both directions (SPEC B15)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Mapping
 
 import requests
 
-from app.connectors.base import Connector
-from app.connectors.webhook import WebhookConnector, make_http_session
+from app.connectors.base import ConnectorKind
+from app.connectors.http import make_http_session
+from app.connectors.webhook import WebhookKind
 
 CONNECTOR_TYPES = ("webhook",)
 
 
-@dataclass(frozen=True)
-class ChannelEndpoint:
-    """What a connector needs to know about its channel, secrets decrypted."""
+class Connectors(Mapping[str, ConnectorKind]):
+    """The registry of connector kinds by name; owns the process's outbound HTTP client."""
 
-    connector: str
-    outbound_url: str
-    outbound_secret: str = field(repr=False)
-
-
-class ConnectorFactory:
-    """Builds the connector of a channel; owns the process's outbound HTTP client."""
-
-    def __init__(self, *, allow_private: bool) -> None:
+    def __init__(self, *, allow_private: bool, overrides: Mapping[str, ConnectorKind] | None = None) -> None:
         self.allow_private = allow_private
-        self._http: requests.Session = make_http_session(allow_private=allow_private)
-        self._builders: dict[str, Callable[[ChannelEndpoint], Connector]] = {"webhook": self._webhook}
+        self.http: requests.Session = make_http_session(allow_private=allow_private)
+        self._kinds: dict[str, ConnectorKind] = {"webhook": WebhookKind(self.http, allow_private=allow_private)}
+        self._kinds.update(overrides or {})
 
-    def __call__(self, endpoint: ChannelEndpoint) -> Connector:
-        """The connector for a channel."""
-        return self._builders[endpoint.connector](endpoint)
+    def __getitem__(self, name: str) -> ConnectorKind:
+        return self._kinds[name]
 
-    def _webhook(self, endpoint: ChannelEndpoint) -> Connector:
-        return WebhookConnector(
-            endpoint.outbound_url, endpoint.outbound_secret, self._http, allow_private=self.allow_private
-        )
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._kinds)
+
+    def __len__(self) -> int:
+        return len(self._kinds)

@@ -1,9 +1,17 @@
-"""The connector interface: deliver one agent reply to an external service."""
+"""What a connector is: one kind of external service, both directions.
+
+A kind reads its service's inbound webhooks (verify, turn into inbox messages, answer)
+and delivers agent replies to it. Kinds know nothing of Flask or of the database: they
+get a `ChannelConfig` and plain requests, and answer plain values or raise domain errors.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from app.domain.messages import IngestResult
 
 
 @dataclass(frozen=True)
@@ -31,16 +39,23 @@ class Delivered:
     """A delivery the external service accepted; external_id is its message id, if it gave one."""
 
     external_id: str | None
+    http_status: int | None = None
 
 
 class DeliveryError(Exception):
-    """A delivery failed; `transient` says whether trying again may help."""
+    """A delivery failed; `transient` says whether trying again may help.
+
+    `http_status` is the service's answer when there was one; `retry_after` the seconds
+    it asked us to wait (Retry-After, or its own "retry after N s").
+    """
 
     transient = False
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.message = message
+        self.http_status = http_status
+        self.retry_after = retry_after
 
 
 class TransientDeliveryError(DeliveryError):
@@ -54,8 +69,96 @@ class PermanentDeliveryError(DeliveryError):
 
 
 class Connector(Protocol):
-    """What deskbridge needs from an external messaging service."""
+    """The outbound half: deliver one agent reply to the external service."""
 
     def deliver(self, reply: OutboundReply, timeout: float) -> Delivered:
         """Deliver a reply within `timeout` seconds, or raise a DeliveryError."""
+        ...
+
+
+class ChannelSecrets:
+    """A channel's secrets, decrypted only when read (most requests need one or none)."""
+
+    def __init__(self, ciphertexts: Mapping[str, str], decrypt: Callable[[str], str]) -> None:
+        self._ciphertexts = ciphertexts
+        self._decrypt = decrypt
+
+    def __repr__(self) -> str:
+        return f"ChannelSecrets({sorted(self._ciphertexts)})"
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._ciphertexts
+
+    def __getitem__(self, name: str) -> str:
+        return self._decrypt(self._ciphertexts[name])
+
+
+@dataclass(frozen=True)
+class ChannelConfig:
+    """A channel as its connector sees it."""
+
+    id: str
+    connector: str
+    settings: Mapping[str, Any]
+    secrets: ChannelSecrets = field(repr=False)
+
+    @classmethod
+    def from_row(cls, row: Any, decrypt: Callable[[str], str]) -> ChannelConfig:
+        """A stored channel (row or object with id, connector, settings, secrets)."""
+        return cls(row.id, row.connector, row.settings, ChannelSecrets(row.secrets, decrypt))
+
+
+@dataclass(frozen=True)
+class InboundRequest:
+    """A webhook request from the external service, as the web layer read it."""
+
+    path: str
+    headers: Mapping[str, str]  # keys in lower case
+    body: bytes
+    content_type: str = ""
+
+
+@dataclass(frozen=True)
+class InboundAnswer:
+    """What the external service gets back."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+@dataclass(frozen=True)
+class NewChannel:
+    """A kind's part of a new channel: settings and secrets to store, and what to show once."""
+
+    settings: dict[str, Any]
+    secrets: dict[str, str]  # in clear: the use case encrypts them
+    shown: dict[str, Any]  # the kind's part of the creation output (secrets shown this once)
+
+
+class ConnectorKind(Protocol):
+    """One kind of external service: its settings, its inbound half and its outbound half."""
+
+    name: str
+    # Whether the service drops a repeated delivery carrying the same idempotency key.
+    drops_repeats: bool
+
+    def setting_fields(self) -> Mapping[str, Any]:
+        """marshmallow fields of the kind's settings, as taken at channel creation."""
+        ...
+
+    def new_channel(self, channel_id: str, settings: Mapping[str, Any]) -> NewChannel:
+        """Settings and fresh secrets for a new channel (settings already validated)."""
+        ...
+
+    def read_inbound(self, channel: ChannelConfig, request: InboundRequest) -> list[dict[str, Any]]:
+        """Verify an inbound request and turn it into inbox messages; raises domain errors."""
+        ...
+
+    def inbound_answer(self, result: IngestResult) -> InboundAnswer:
+        """The answer the service expects once its messages are stored."""
+        ...
+
+    def outbound(self, channel: ChannelConfig) -> Connector:
+        """The outbound half for a channel."""
         ...

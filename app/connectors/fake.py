@@ -1,8 +1,11 @@
-"""A scripted connector for tests that need no network."""
+"""Fakes for tests that need no network: a scripted outbound half, and a kind built on it."""
 
 from __future__ import annotations
 
-from app.connectors.base import Delivered, DeliveryError, OutboundReply
+import requests
+
+from app.connectors.base import ChannelConfig, Connector, Delivered, DeliveryError, OutboundReply
+from app.connectors.webhook import WebhookKind
 
 
 class FakeConnector:
@@ -19,3 +22,19 @@ class FakeConnector:
         if isinstance(outcome, DeliveryError):
             raise outcome
         return outcome
+
+
+class FakeWebhookKind(WebhookKind):
+    """The webhook kind with its outbound half replaced by one FakeConnector for every channel.
+
+    Given to `create_app(connectors={"webhook": FakeWebhookKind(fake)})`.
+    """
+
+    def __init__(self, fake: FakeConnector, *, drops_repeats: bool = True) -> None:
+        super().__init__(requests.Session(), allow_private=True)
+        self.fake = fake
+        self.drops_repeats = drops_repeats
+
+    def outbound(self, channel: ChannelConfig) -> Connector:
+        """The fake, whatever the channel."""
+        return self.fake

@@ -1,15 +1,28 @@
-"""Authentication of Desk's pull and push requests (SPEC B2)."""
+"""Who a Desk pull or push comes from, and whether to believe it (SPEC B2)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row
+from sqlalchemy import Row
 
-from app.errors import ApiError
-from app.keyring import token_matches
-from app.store.queries import channel_row
+from app.domain.errors import Forbidden, MalformedRequest, Unauthenticated
+from app.keyring import Keyring, token_matches
+from app.store import queries
+from app.store.database import Database
+
+
+@dataclass(frozen=True)
+class DeskCaller:
+    """What a pull or push says about its sender: our two config params and Desk's query."""
+
+    channel_id: Any
+    channel_token: Any = field(repr=False)
+    org_id: str | None
+    security_context: str | None = field(default=None, repr=False)
 
 
 def config_params(value: Any) -> dict[str, Any]:
@@ -25,22 +38,47 @@ def config_params(value: Any) -> dict[str, Any]:
     return {}
 
 
-def authenticate_desk(conn: Connection, params: Mapping[str, Any], org_id: str | None) -> Row[Any]:
-    """The channel a Desk request belongs to; raises ApiError in SPEC B2's order."""
-    channel_id = params.get("channelId")
-    token = params.get("channelToken")
+def desk_caller(params: Mapping[str, Any], query: Mapping[str, str]) -> DeskCaller:
+    """The caller of a pull (params: the body) or a push (params: its configParams)."""
+    return DeskCaller(
+        channel_id=params.get("channelId"),
+        channel_token=params.get("channelToken"),
+        org_id=query.get("orgId") or None,
+        security_context=query.get("securityContext") or None,
+    )
+
+
+def authenticate_desk(db: Database, caller: DeskCaller) -> Row[Any]:
+    """The channel a Desk request belongs to; raises in SPEC B2's order."""
+    channel_id, token = caller.channel_id, caller.channel_token
     if not isinstance(channel_id, str) or not channel_id or not isinstance(token, str) or not token:
-        raise ApiError(
-            401, "missing_credentials", "The config params channelId and channelToken are required."
-        )
-    channel = channel_row(conn, channel_id)
+        raise Unauthenticated("missing_credentials", "The config params channelId and channelToken are required.")
+    with db.read() as conn:
+        channel = queries.channel_row(conn, channel_id)
     if channel is None or not token_matches(token, channel.desk_token_hash):
         # One answer for both cases: a caller cannot tell which channel ids exist.
-        raise ApiError(401, "invalid_credentials", "Unknown channel or wrong channelToken.")
-    if not org_id:
-        raise ApiError(400, "missing_org_id", "The orgId query parameter is required.")
-    if channel.org_id is not None and channel.org_id != org_id:
-        raise ApiError(403, "org_mismatch", "This channel belongs to another Desk organisation.")
+        raise Unauthenticated("invalid_credentials", "Unknown channel or wrong channelToken.")
+    if not caller.org_id:
+        raise MalformedRequest("missing_org_id", "The orgId query parameter is required.")
+    if channel.org_id is not None and channel.org_id != caller.org_id:
+        raise Forbidden("org_mismatch", "This channel belongs to another Desk organisation.")
     if not channel.enabled:
-        raise ApiError(403, "channel_disabled", "This channel is disabled.")
+        raise Forbidden("channel_disabled", "This channel is disabled.")
     return channel
+
+
+MAX_CONTEXT_LENGTH = 8192
+
+
+def context_changes(keyring: Keyring, channel: Row[Any], caller: DeskCaller, now: datetime) -> dict[str, Any]:
+    """The channel columns to write so that it records this request's orgId and securityContext
+    (SPEC B3); empty when both are as recorded, so that an unchanged request writes nothing."""
+    values: dict[str, Any] = {}
+    if caller.org_id and caller.org_id != channel.desk_org_id and len(caller.org_id) <= 64:
+        values["desk_org_id"] = caller.org_id
+    context = caller.security_context
+    if context and len(context) <= MAX_CONTEXT_LENGTH:
+        digest = keyring.digest(context)
+        if digest != channel.desk_context_digest:
+            values.update(desk_context=keyring.encrypt(context), desk_context_digest=digest, desk_context_at=now)
+    return values

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from html import escape
 from typing import Any
+
+from app.domain.replies import SentReply
 
 _ACTOR_FIELDS = (("id", "extId"), ("name", "name"), ("name", "displayName"), ("email", "email"),
                  ("phone", "phone"), ("avatar_url", "photoURL"))
@@ -16,12 +19,18 @@ def desk_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
-def actor(author: dict[str, Any] | None) -> dict[str, str] | None:
-    """A Desk actor from a message author, with only the fields that are known."""
-    if not author:
-        return None
-    mapped = {desk: author[ours] for ours, desk in _ACTOR_FIELDS if author.get(ours)}
-    return mapped or None
+def actor(author: dict[str, Any] | None, conversation_id: str) -> dict[str, str]:
+    """A Desk actor from a message author, with only the fields that are known.
+
+    Every ticket and thread has one: without an author (or an author id) the conversation
+    id stands in, since it is the customer's handle in most services (a phone, a chat id).
+    """
+    mapped = {desk: author[ours] for ours, desk in _ACTOR_FIELDS if author.get(ours)} if author else {}
+    if "extId" not in mapped:
+        mapped["extId"] = conversation_id
+        mapped.setdefault("name", conversation_id)
+        mapped.setdefault("displayName", conversation_id)
+    return mapped
 
 
 def with_attachment_links(content: str, content_type: str, attachments: list[dict[str, Any]] | None) -> str:
@@ -48,10 +57,8 @@ def thread(message: Any) -> dict[str, Any]:
         "createdTime": desk_time(message.created_at),
         "direction": message.direction,
         "canReply": message.can_reply,
+        "actor": actor(message.author, message.conversation_ext_id),
     }
-    who = actor(message.author)
-    if who:
-        item["actor"] = who
     return item
 
 
@@ -61,8 +68,38 @@ def ticket(conversation: Any, first_message: Any) -> dict[str, Any]:
         "extId": conversation.ext_id,
         "subject": conversation.subject,
         "createdTime": desk_time(first_message.created_at),
+        "actor": actor(first_message.author, conversation.ext_id),
     }
-    who = actor(first_message.author)
-    if who:
-        item["actor"] = who
     return item
+
+
+def empty_sync() -> dict[str, Any]:
+    """A sync object with nothing new, leaving Desk's channelState as it is."""
+    return {"data": {"tickets": [], "threads": []}}
+
+
+def sync_object(conversations: Sequence[Any], messages: Sequence[Any], channel_state: str) -> dict[str, Any]:
+    """Desk's sync object for a batch of inbox rows: every thread but our own echoes, the
+    tickets whose first message is in the batch, and the state carrying the batch's end."""
+    by_seq = {message.seq: message for message in messages}
+    return {
+        "channelState": channel_state,
+        "data": {
+            "tickets": [ticket(c, by_seq[c.first_seq]) for c in conversations],
+            # Echoes of our own delivered replies are skipped, but the cursor moves past them.
+            "threads": [thread(m) for m in messages if not m.is_echo],
+        },
+    }
+
+
+def push_answer(sent: SentReply) -> dict[str, Any]:
+    """Desk's answer to a push that was delivered: a thread-like object (SPEC A4, B4)."""
+    return {
+        "extId": sent.external_id,
+        "extParentId": sent.conversation_id,
+        "createdTime": desk_time(sent.sent_at),
+        "direction": "out",
+        "content": sent.content,
+        "contentType": sent.content_type,
+        "canReply": True,
+    }

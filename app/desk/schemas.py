@@ -14,7 +14,9 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.validation import Identifier, Text, max_depth
+from app.domain.errors import Invalid
+from app.domain.replies import ReplyIn
+from app.validation import Identifier, Text, load, max_depth
 
 CONTENT_TYPES = ("text/plain", "text/html")
 
@@ -59,3 +61,23 @@ class ReplyResourceSchema(Schema):
     def _needs_content(self, data: dict[str, Any], **_: Any) -> None:
         if not data.get("content") and not data.get("summary"):
             raise ValidationError("content or summary is required.", "content")
+
+
+_RESOURCE = ReplyResourceSchema()
+
+
+def load_reply(resource: Any) -> ReplyIn:
+    """A push's `resource` as a reply, or Invalid naming the fields at fault."""
+    if not isinstance(resource, dict):
+        problem = "Missing data for required field." if resource is None else "Must be an object."
+        raise Invalid("validation_error", "The reply is not valid.", fields={"resource": [problem]})
+    loaded = load(_RESOURCE, resource, "The reply is not valid.")
+    return ReplyIn(
+        desk_reply_id=loaded["id"],
+        conversation_id=loaded["extParentId"],
+        in_reply_to=loaded.get("replyToExtId"),
+        content=loaded.get("content") or loaded.get("summary") or "",
+        content_type=loaded["contentType"],
+        author=loaded.get("author"),
+        attachments=loaded.get("attachments") or [],
+    )

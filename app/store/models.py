@@ -1,4 +1,4 @@
-"""SQLAlchemy models: channels, conversations, the inbox and the reply ledger."""
+"""SQLAlchemy models: channels, conversations, the inbox, the reply ledger and its attempts."""
 
 from __future__ import annotations
 
@@ -68,16 +68,24 @@ class Channel(Base):
     name: Mapped[str | None] = mapped_column(String(200))
     org_id: Mapped[str | None] = mapped_column(String(64))
     connector: Mapped[str] = mapped_column(String(32))
-    outbound_url: Mapped[str] = mapped_column(String(2048))
+    # The connector's settings (webhook: outbound_url), and its secrets, each value a
+    # Fernet ciphertext (webhook: inbound_secret, outbound_secret): one shape for any kind.
+    settings: Mapped[dict[str, Any]] = mapped_column(JSON)
+    secrets: Mapped[dict[str, str]] = mapped_column(JSON)
     desk_token_hash: Mapped[str] = mapped_column(String(64))
-    inbound_secret: Mapped[str] = mapped_column(Text)  # Fernet ciphertext
-    outbound_secret: Mapped[str] = mapped_column(Text)  # Fernet ciphertext
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # last_seq doubles as the per-channel sequence counter; its row is the lock.
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     acked_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_pull_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # What Desk's latest authenticated pull or push carried (SPEC B3): the orgId, and the
+    # securityContext as a Fernet ciphertext plus a keyed digest, so that a request can
+    # tell whether it changed without decrypting (and writes only when it did).
+    desk_org_id: Mapped[str | None] = mapped_column(String(64))
+    desk_context: Mapped[str | None] = mapped_column(Text)
+    desk_context_digest: Mapped[str | None] = mapped_column(String(64))
+    desk_context_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class Conversation(Base):
@@ -149,3 +157,18 @@ class Reply(Base):
     attempt_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class ReplyAttempt(Base):
+    """One delivery attempt of a ledger entry (SPEC B4): the attempts history."""
+
+    __tablename__ = "reply_attempts"
+    __table_args__ = (Index("ix_reply_attempts_reply_id", "reply_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    reply_id: Mapped[int] = mapped_column(BigId, ForeignKey("replies.id", ondelete="CASCADE"))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    outcome: Mapped[str] = mapped_column(String(9))  # sent, transient, permanent
+    http_status: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)

@@ -12,7 +12,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.store.models import Channel, Conversation, InboxMessage, Reply
+from app.store.models import Channel, Conversation, InboxMessage, Reply, ReplyAttempt
 
 # The request paths run Core statements on a plain Connection, built once with bound
 # parameters: building a statement, loading ORM objects or keeping an ORM session
@@ -148,9 +148,11 @@ def conversations_first_between(conn: Connection, channel_id: str, after_seq: in
     return conn.execute(_CONVERSATIONS_FIRST_BETWEEN, params).all()
 
 
-def record_pull(conn: Connection, channel_id: str, acked_seq: int | None, now: datetime) -> None:
-    """Record a pull's time and, if given, the cursor Desk sent back."""
-    values: dict[str, Any] = {"last_pull_at": now}
+def record_pull(
+    conn: Connection, channel_id: str, acked_seq: int | None, now: datetime, more: dict[str, Any] | None = None
+) -> None:
+    """Record a pull's time, the cursor Desk sent back if given, and `more` channel columns."""
+    values: dict[str, Any] = {"last_pull_at": now, **(more or {})}
     if acked_seq is not None:
         # acked_seq never moves backwards, whatever older state Desk sends.
         values["acked_seq"] = _greatest(conn, _channels.c.acked_seq, acked_seq)
@@ -163,8 +165,15 @@ def _greatest(conn: Connection, column: Any, value: int) -> Any:
     return getattr(func, name)(column, value)
 
 
+def update_channel(conn: Connection, channel_id: str, values: dict[str, Any]) -> None:
+    """Write some columns of a channel row."""
+    if values:
+        conn.execute(update(_channels).where(_channels.c.id == channel_id).values(**values))
+
+
 _LEDGER_COLUMNS = (
     _replies.c.id,
+    _replies.c.channel_id,
     _replies.c.desk_reply_id,
     _replies.c.status,
     _replies.c.conversation_ext_id,
@@ -209,6 +218,14 @@ def lock_reply(conn: Connection, channel_id: str, desk_reply_id: str) -> Row[Any
     return conn.execute(_LOCK_REPLY, params).one()
 
 
+_LEDGER_ENTRY = select(*_LEDGER_COLUMNS).where(_replies.c.id == bindparam("ledger_id"))
+
+
+def ledger_entry(conn: Connection, ledger_id: int) -> Row[Any] | None:
+    """One ledger entry by its id, or None."""
+    return conn.execute(_LEDGER_ENTRY, {"ledger_id": ledger_id}).first()
+
+
 def reclaim_reply(conn: Connection, ledger_id: int, now: datetime) -> None:
     """Mark a ledger row pending again, its delivery starting now."""
     conn.execute(_RECLAIM_REPLY, {"ledger_id": ledger_id, "now": now})
@@ -251,6 +268,15 @@ def record_outcome(
         "now": now,
     }
     return conn.execute(_RECORD_OUTCOME, params).rowcount == 1
+
+
+_INSERT_ATTEMPTS = insert(ReplyAttempt.__table__)
+
+
+def insert_attempts(conn: Connection, rows: list[dict[str, Any]]) -> None:
+    """Append delivery attempts to ledger entries' histories."""
+    if rows:
+        conn.execute(_INSERT_ATTEMPTS, rows)
 
 
 def list_channels(session: Session) -> Sequence[Channel]:

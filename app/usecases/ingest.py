@@ -1,45 +1,37 @@
-"""Inbound messages into the inbox, and the inbox out to Desk as pull batches."""
+"""Messages from the external service into the inbox (SPEC B5)."""
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from app.desk import mapping
-from app.desk.auth import authenticate_desk
-from app.desk.state import DamagedState, decode_state, encode_state
-from app.errors import ApiError
+from app.connectors import Connectors
+from app.connectors.base import ChannelConfig, InboundAnswer, InboundRequest
+from app.domain.errors import NotFound
+from app.domain.messages import IngestResult
 from app.keyring import Keyring
-from app.rendering import html_to_text, subject_line
+from app.rendering import html_to_text, sanitize_html, subject_line
 from app.store import queries
 from app.store.database import Database
-from app.sync.clock import utcnow
+from app.usecases.clock import utcnow
 
-log = logging.getLogger(__name__)
 SUBJECT_SOURCE_CHARS = 4096
-
-
-@dataclass(frozen=True)
-class IngestResult:
-    accepted: list[str]
-    duplicates: list[str]
-
-
 INGEST_ATTEMPTS = 3
 
 
-def inbound_secret(db: Database, keyring: Keyring, channel_id: str) -> str:
-    """The secret that signs a channel's inbound webhooks; 404 for an unknown channel."""
+def receive_inbound(
+    db: Database, keyring: Keyring, connectors: Connectors, channel_id: str, request: InboundRequest
+) -> InboundAnswer:
+    """A webhook from the channel's external service: verified and read by its connector, then stored."""
     with db.read() as conn:
-        channel = queries.channel_row(conn, channel_id)
-    if channel is None:
-        raise ApiError(404, "unknown_channel", "There is no such channel.")
-    return keyring.decrypt(channel.inbound_secret)
+        row = queries.channel_row(conn, channel_id)
+    if row is None:
+        raise NotFound("unknown_channel", "There is no such channel.")
+    kind = connectors[row.connector]
+    messages = kind.read_inbound(ChannelConfig.from_row(row, keyring.decrypt), request)
+    return kind.inbound_answer(ingest_messages(db, channel_id, messages))
 
 
 def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]]) -> IngestResult:
@@ -54,7 +46,11 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
     now = utcnow()
     first_by_id: dict[str, dict[str, Any]] = {}
     for message in messages:
-        first_by_id.setdefault(message["id"], message)
+        if message["id"] not in first_by_id:
+            # What is stored is what Desk gets: HTML is made safe once, here, before any lock.
+            first_by_id[message["id"]] = (
+                {**message, "html": sanitize_html(message["html"])} if message.get("html") else message
+            )
     # Rendering HTML for a subject is slow: do it before any lock, for the message
     # that would open each conversation.
     subjects: dict[str, str] = {}
@@ -92,11 +88,11 @@ def _ingest_once(
         fresh = [m for m in first_by_id.values() if m["id"] not in known]
         if not fresh:
             if queries.channel_row(conn, channel_id) is None:
-                raise ApiError(404, "unknown_channel", "There is no such channel.")
+                raise NotFound("unknown_channel", "There is no such channel.")
             return []
         last_seq = queries.reserve_seqs(conn, channel_id, len(fresh))
         if last_seq is None:
-            raise ApiError(404, "unknown_channel", "There is no such channel.")
+            raise NotFound("unknown_channel", "There is no such channel.")
         rows: list[dict[str, Any]] = []
         conversations: dict[str, dict[str, Any]] = {}
         for seq, message in enumerate(fresh, start=last_seq - len(fresh) + 1):
@@ -157,49 +153,3 @@ def _derived_subject(message: dict[str, Any]) -> str:
     for attachment in message.get("attachments") or []:
         return subject_line(f"Attachment: {attachment.get('name') or attachment['url']}")
     return "(no subject)"
-
-
-# A pull that changes nothing writes nothing: last_pull_at is kept to this resolution
-# (Desk pulls every 4 minutes), so that frequent empty pulls stay pure reads.
-LAST_PULL_RESOLUTION = timedelta(seconds=60)
-
-
-def pull(db: Database, keyring: Keyring, body: Mapping[str, Any], org_id: str | None, limit: int) -> dict[str, Any]:
-    """Answer a Desk pull: messages after the cursor, with the tickets they open."""
-    with db.read() as conn:
-        channel = authenticate_desk(conn, body, org_id)
-        raw_state = body.get("channelState")
-        acked: int | None = None
-        try:
-            cursor = decode_state(keyring, channel.id, raw_state)
-            if cursor > channel.last_seq:
-                raise DamagedState(f"channelState cursor {cursor} is ahead of the inbox ({channel.last_seq})")
-            damaged = False
-            acked = cursor if raw_state else None
-        except DamagedState as exc:
-            # Desk would send the same state every 4 minutes forever: heal it instead.
-            log.warning(
-                "channel %s: damaged channelState (%s); resuming from acked_seq %s", channel.id, exc, channel.acked_seq
-            )
-            cursor, damaged = channel.acked_seq, True
-        # At the head of the inbox there is nothing to read (a message committed since
-        # the channel row was read comes with the next pull).
-        messages = queries.messages_after(conn, channel.id, cursor, limit) if cursor < channel.last_seq else []
-        conversations = (
-            queries.conversations_first_between(conn, channel.id, cursor, messages[-1].seq) if messages else []
-        )
-    response: dict[str, Any] = {"data": {"tickets": [], "threads": []}}
-    if messages:
-        by_seq = {message.seq: message for message in messages}
-        response["data"]["tickets"] = [mapping.ticket(c, by_seq[c.first_seq]) for c in conversations]
-        # Echoes of our own delivered replies are skipped, but the cursor moves past them.
-        response["data"]["threads"] = [mapping.thread(m) for m in messages if not m.is_echo]
-        response["channelState"] = encode_state(keyring, channel.id, messages[-1].seq)
-    elif damaged:
-        response["channelState"] = encode_state(keyring, channel.id, cursor)
-    now = utcnow()
-    acked_grows = acked is not None and acked > channel.acked_seq
-    if acked_grows or channel.last_pull_at is None or now - channel.last_pull_at >= LAST_PULL_RESOLUTION:
-        with db.write() as conn:
-            queries.record_pull(conn, channel.id, acked, now)
-    return response

@@ -6,8 +6,9 @@ import logging
 
 from flask import Blueprint, Response
 
-from app.errors import error_response, json_response
 from app.services import services
+from app.store.database import DatabaseUnavailable
+from app.web.errors import domain_error_response, json_response
 
 health = Blueprint("health", __name__)
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ def readyz() -> Response:
     try:
         services().db.ping()
     except Exception as exc:
-        log.warning("readiness check failed: %s", type(exc).__name__)
-        return error_response(503, "database_unavailable", "The database does not answer.")
+        unavailable = DatabaseUnavailable.from_error(exc) or DatabaseUnavailable(type(exc).__name__)
+        log.warning("readiness check failed: %s", unavailable.reason)
+        return domain_error_response(unavailable.as_domain_error())
     return json_response({"status": "ready"})

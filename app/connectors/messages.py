@@ -1,4 +1,4 @@
-"""Shape of inbound messages (SPEC B5); unknown fields are ignored."""
+"""The inbound message format of SPEC B5 (the webhook connector's body); unknown fields are ignored."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from marshmallow import (
     validates_schema,
 )
 
-from app.errors import ApiError
+from app.domain.errors import Invalid
 from app.validation import Text, str_keys
 
 MAX_BATCH = 100
@@ -129,5 +129,5 @@ def load_messages(body: dict[str, Any]) -> list[dict[str, Any]]:
     return loaded
 
 
-def _invalid(fields_: Any) -> ApiError:
-    return ApiError(422, "validation_error", "The message is not valid; nothing was stored.", fields=str_keys(fields_))
+def _invalid(fields_: Any) -> Invalid:
+    return Invalid("validation_error", "The message is not valid; nothing was stored.", fields=str_keys(fields_))

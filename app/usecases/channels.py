@@ -1,44 +1,33 @@
-"""Channel use cases shared by the CLI and the admin API."""
+"""Channel use cases shared by the CLI and the admin API (SPEC B7)."""
 
 from __future__ import annotations
 
 import secrets
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, validate, validates
+from marshmallow import RAISE, Schema, validate
 
-from app.connectors import CONNECTOR_TYPES
-from app.connectors.addresses import AddressRefused, check_outbound_url
+from app.connectors import Connectors
 from app.desk.mapping import desk_time
-from app.keyring import Keyring, hash_token, new_token, new_webhook_secret
+from app.domain.errors import Invalid, NotFound
+from app.keyring import Keyring, hash_token, new_token
 from app.store import queries
 from app.store.database import Database
 from app.store.models import Channel
-from app.sync.clock import utcnow
+from app.usecases.clock import utcnow
 from app.validation import Text, load
 
+COMMON_FIELDS = ("connector", "name", "org_id")
 
-class NewChannelSchema(Schema):
-    """Input of channel creation; our own API, so unknown fields are refused."""
+
+class _CommonFields(Schema):
+    """What every channel has; the connector's settings are added per kind."""
 
     class Meta:
-        unknown = RAISE
+        unknown = RAISE  # our own API: unknown fields are refused
 
-    connector = Text(required=True, validate=validate.OneOf(CONNECTOR_TYPES))
-    outbound_url = Text(required=True, validate=validate.Length(min=1, max=2048))
     name = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
     org_id = Text(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
-
-    def __init__(self, *, allow_private: bool) -> None:
-        super().__init__()
-        self.allow_private = allow_private
-
-    @validates("outbound_url")
-    def _public_url(self, value: str, **_: Any) -> None:
-        try:
-            check_outbound_url(value, allow_private=self.allow_private)
-        except AddressRefused as exc:
-            raise ValidationError(f"Refused: {exc}.") from None
 
 
 def new_channel_id() -> str:
@@ -46,19 +35,27 @@ def new_channel_id() -> str:
     return "ch_" + secrets.token_urlsafe(16)
 
 
-def create_channel(db: Database, keyring: Keyring, data: Any, *, allow_private: bool) -> dict[str, Any]:
+def create_channel(db: Database, keyring: Keyring, connectors: Connectors, data: Any) -> dict[str, Any]:
     """Create a channel; the answer holds its secrets, shown this once."""
-    fields = load(NewChannelSchema(allow_private=allow_private), data, "The channel is not valid.")
-    token, inbound_secret, outbound_secret = new_token(), new_webhook_secret(), new_webhook_secret()
+    kind_name = data.get("connector") if isinstance(data, dict) else None
+    if kind_name not in connectors:
+        choices = ", ".join(sorted(connectors))
+        raise Invalid("validation_error", "The channel is not valid.",
+                      fields={"connector": [f"Must be one of: {choices}."]})
+    kind = connectors[kind_name]
+    schema = _CommonFields.from_dict(dict(kind.setting_fields()), name=f"New{kind_name.title()}Channel")()
+    fields = load(schema, {k: v for k, v in data.items() if k != "connector"}, "The channel is not valid.")
+    channel_id = new_channel_id()
+    token = new_token()
+    parts = kind.new_channel(channel_id, {k: v for k, v in fields.items() if k not in COMMON_FIELDS})
     channel = Channel(
-        id=new_channel_id(),
+        id=channel_id,
         name=fields["name"],
         org_id=fields["org_id"],
-        connector=fields["connector"],
-        outbound_url=fields["outbound_url"],
+        connector=kind_name,
+        settings=parts.settings,
+        secrets={name: keyring.encrypt(value) for name, value in parts.secrets.items()},
         desk_token_hash=hash_token(token),
-        inbound_secret=keyring.encrypt(inbound_secret),
-        outbound_secret=keyring.encrypt(outbound_secret),
         enabled=True,
         last_seq=0,
         acked_seq=0,
@@ -72,8 +69,7 @@ def create_channel(db: Database, keyring: Keyring, data: Any, *, allow_private: 
         "name": channel.name,
         "org_id": channel.org_id,
         "desk": {"channelId": channel.id, "channelToken": token},
-        "inbound": {"path": f"/inbound/{channel.id}", "secret": inbound_secret},
-        "outbound": {"url": channel.outbound_url, "secret": outbound_secret},
+        **parts.shown,
     }
 
 
@@ -83,25 +79,29 @@ def list_channels(db: Database) -> list[dict[str, Any]]:
         return [_summary(channel) for channel in queries.list_channels(session)]
 
 
-def set_enabled(db: Database, channel_id: str, enabled: bool) -> dict[str, Any] | None:
-    """Enable or disable a channel; None if there is no such channel."""
+def set_enabled(db: Database, channel_id: str, enabled: bool) -> dict[str, Any]:
+    """Enable or disable a channel; the channel as listed."""
     with db.session(write=True) as session:
         channel = queries.get_channel(session, channel_id)
         if channel is None:
-            return None
+            raise NotFound("unknown_channel", f"There is no channel {channel_id}.")
         channel.enabled = enabled
         session.commit()
         return _summary(channel)
 
 
 def _summary(channel: Channel) -> dict[str, Any]:
-    return {
+    summary = {
         "id": channel.id,
         "name": channel.name,
         "org_id": channel.org_id,
         "connector": channel.connector,
         "state": "enabled" if channel.enabled else "disabled",
-        "outbound": {"url": channel.outbound_url},
+    }
+    if "outbound_url" in channel.settings:
+        summary["outbound"] = {"url": channel.settings["outbound_url"]}
+    return {
+        **summary,
         "last_seq": channel.last_seq,
         "acked_seq": channel.acked_seq,
         "pending_seq": channel.last_seq - channel.acked_seq,

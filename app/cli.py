@@ -1,24 +1,40 @@
-"""`flask --app wsgi channel ...`: create, list, disable and enable channels."""
+"""`flask --app wsgi channel ...`: create, list, disable and enable channels (SPEC B7)."""
 
 from __future__ import annotations
 
 import sys
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NoReturn, TypeVar
 
 import click
 import orjson
 from flask.cli import AppGroup
 
-from app.admin import channels
 from app.connectors import CONNECTOR_TYPES
-from app.errors import ApiError
+from app.domain.errors import DomainError
 from app.services import services
+from app.store.database import DatabaseUnavailable
+from app.usecases import channels
 
 channel_cli = AppGroup("channel", help="Create and manage channels.")
+T = TypeVar("T")
 
 
 def _print(value: Any) -> None:
     click.echo(orjson.dumps(value, option=orjson.OPT_INDENT_2).decode())
+
+
+def _run(action: Callable[[], T]) -> T:
+    """Run a use case; a domain error or an outage becomes one JSON line on stderr and exit 1."""
+    try:
+        return action()
+    except DomainError as exc:
+        _fail(exc)
+    except Exception as exc:
+        unavailable = DatabaseUnavailable.from_error(exc)
+        if unavailable is None:
+            raise
+        _fail(unavailable.as_domain_error())
 
 
 @channel_cli.command("create")
@@ -30,43 +46,30 @@ def create(connector: str, outbound_url: str, name: str | None, org_id: str | No
     """Create a channel and print its credentials (shown only now)."""
     svc = services()
     data = {"connector": connector, "outbound_url": outbound_url, "name": name, "org_id": org_id}
-    try:
-        created = channels.create_channel(
-            svc.db, svc.keyring, data, allow_private=svc.settings.allow_private_outbound
-        )
-    except ApiError as exc:
-        _fail(exc)
-    _print(created)
+    _print(_run(lambda: channels.create_channel(svc.db, svc.keyring, svc.connectors, data)))
 
 
 @channel_cli.command("list")
 def list_() -> None:
     """List channels with their state and sync figures (no secrets)."""
-    _print({"channels": channels.list_channels(services().db)})
+    _print({"channels": _run(lambda: channels.list_channels(services().db))})
 
 
 @channel_cli.command("disable")
 @click.argument("channel_id")
 def disable(channel_id: str) -> None:
     """Disable a channel: Desk's pulls and pushes are refused; inbound messages still queue."""
-    _set(channel_id, False)
+    _print(_run(lambda: channels.set_enabled(services().db, channel_id, False)))
 
 
 @channel_cli.command("enable")
 @click.argument("channel_id")
 def enable(channel_id: str) -> None:
     """Enable a channel again."""
-    _set(channel_id, True)
+    _print(_run(lambda: channels.set_enabled(services().db, channel_id, True)))
 
 
-def _set(channel_id: str, enabled: bool) -> None:
-    summary = channels.set_enabled(services().db, channel_id, enabled)
-    if summary is None:
-        _fail(ApiError(404, "unknown_channel", f"There is no channel {channel_id}."))
-    _print(summary)
-
-
-def _fail(exc: ApiError) -> None:
+def _fail(exc: DomainError) -> NoReturn:
     body: dict[str, Any] = {"error": exc.code, "message": exc.message}
     if exc.fields:
         body["fields"] = exc.fields

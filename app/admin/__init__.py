@@ -1,1 +1,0 @@
-"""Channel administration: the CLI commands and the admin API (SPEC B7)."""

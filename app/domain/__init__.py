@@ -1,0 +1,1 @@
+"""Plain domain types and errors: messages, replies, outcomes. No HTTP, no database."""

@@ -1,1 +1,0 @@
-"""The signed inbound webhook: messages from the external service (SPEC B5)."""

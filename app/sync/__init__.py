@@ -1,1 +1,0 @@
-"""The use cases: ingest messages and build pull batches (inbox), push replies (replies)."""

@@ -1,0 +1,1 @@
+"""The use cases: ingest, pull, push and deliver_reply, channel operations."""

@@ -1,0 +1,69 @@
+"""The inbox out to Desk: pull batches (SPEC B3)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import Connection, Row
+
+from app.desk import mapping
+from app.desk.auth import DeskCaller, context_changes
+from app.desk.state import DamagedState, decode_state, encode_state
+from app.keyring import Keyring
+from app.store import queries
+from app.store.database import Database
+from app.usecases.clock import utcnow
+
+log = logging.getLogger(__name__)
+
+# A pull that changes nothing writes nothing: last_pull_at is kept to this resolution
+# (Desk pulls every 4 minutes), so that frequent empty pulls stay pure reads.
+LAST_PULL_RESOLUTION = timedelta(seconds=60)
+
+
+def pull(
+    db: Database, keyring: Keyring, channel: Row[Any], caller: DeskCaller, raw_state: Any, limit: int
+) -> dict[str, Any]:
+    """Desk's sync object for an authenticated pull: messages after its cursor, with the tickets they open."""
+    acked: int | None = None
+    try:
+        cursor = decode_state(keyring, channel.id, raw_state)
+        if cursor > channel.last_seq:
+            raise DamagedState(f"channelState cursor {cursor} is ahead of the inbox ({channel.last_seq})")
+        damaged = False
+        acked = cursor if raw_state else None
+    except DamagedState as exc:
+        # Desk would send the same state every 4 minutes forever: heal it instead.
+        log.warning(
+            "damaged channelState (%s); resuming from acked_seq %s", exc, channel.acked_seq,
+            extra={"channel_id": channel.id},
+        )
+        cursor, damaged = channel.acked_seq, True
+    # At the head of the inbox there is nothing to read (a message committed since the
+    # channel row was read comes with the next pull).
+    if cursor < channel.last_seq:
+        with db.read() as conn:
+            answer = sync_batch(conn, keyring, channel.id, cursor, limit)
+    else:
+        answer = mapping.empty_sync()
+    if damaged and "channelState" not in answer:
+        answer["channelState"] = encode_state(keyring, channel.id, cursor)
+    now = utcnow()
+    changes = context_changes(keyring, channel, caller, now)
+    acked_grows = acked is not None and acked > channel.acked_seq
+    if changes or acked_grows or channel.last_pull_at is None or now - channel.last_pull_at >= LAST_PULL_RESOLUTION:
+        with db.write() as conn:
+            queries.record_pull(conn, channel.id, acked, now, changes)
+    return answer
+
+
+def sync_batch(conn: Connection, keyring: Keyring, channel_id: str, after_seq: int, limit: int) -> dict[str, Any]:
+    """The sync object for the messages after `after_seq`: threads, the tickets they open, and
+    the channelState of the last one (none when there is nothing new). Pull and import share it."""
+    messages = queries.messages_after(conn, channel_id, after_seq, limit)
+    if not messages:
+        return mapping.empty_sync()
+    conversations = queries.conversations_first_between(conn, channel_id, after_seq, messages[-1].seq)
+    return mapping.sync_object(conversations, messages, encode_state(keyring, channel_id, messages[-1].seq))

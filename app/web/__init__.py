@@ -1,0 +1,1 @@
+"""Flask only: parse, authenticate, call one use case, serialize."""

@@ -1,0 +1,28 @@
+"""POST /inbound/<channel_id>: the external service's webhooks, read by the channel's connector."""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, g, request
+
+from app.connectors.base import InboundRequest
+from app.services import services
+from app.store.queries import CHANNEL_ID
+from app.usecases.ingest import receive_inbound
+from app.web.body import read_body
+
+inbound = Blueprint("inbound", __name__)
+
+
+@inbound.post("/inbound/<channel_id>")
+def receive(channel_id: str) -> Response:
+    svc = services()
+    if CHANNEL_ID.fullmatch(channel_id):
+        g.channel_id = channel_id  # for the logs; whatever else the path holds stays out of them
+    webhook = InboundRequest(
+        path=request.path,
+        headers={name.lower(): value for name, value in request.headers.items()},
+        body=read_body(svc.settings.max_body_bytes),
+        content_type=request.mimetype,
+    )
+    answer = receive_inbound(svc.db, svc.keyring, svc.connectors, channel_id, webhook)
+    return Response(answer.body, status=answer.status, content_type=answer.content_type)
