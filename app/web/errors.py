@@ -8,7 +8,6 @@ from typing import Any
 
 import orjson
 from flask import Flask, Response, g, request
-from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 from app.domain import errors as domain
@@ -95,7 +94,7 @@ def register_error_handlers(app: Flask) -> None:
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:
-        unavailable = DatabaseUnavailable.from_error(exc) if isinstance(exc, DBAPIError) else None
+        unavailable = DatabaseUnavailable.from_error(exc)
         if unavailable is not None:
             return _database_down(unavailable)
         request_id = g.get("request_id", "-")
