@@ -172,3 +172,33 @@ def test_api_create_with_a_body_that_is_not_an_object_is_400(client):
     answer = client.post("/api/channels", data="[]", content_type="application/json", headers=AUTH)
     assert answer.status_code == 400
     assert answer.json["error"] == "invalid_json"
+
+
+def test_api_disable_and_enable_answer_the_channel_as_listed(client, channel):
+    disabled = client.post(f"/api/channels/{channel['id']}/disable", headers=AUTH)
+    assert disabled.status_code == 200, disabled.json
+    assert (disabled.json["id"], disabled.json["state"]) == (channel["id"], "disabled")
+    assert client.get("/api/channels", headers=AUTH).json["channels"][0]["state"] == "disabled"
+    enabled = client.post(f"/api/channels/{channel['id']}/enable", headers=AUTH)
+    assert (enabled.status_code, enabled.json["state"]) == (200, "enabled")
+
+
+@pytest.mark.parametrize("action", ["disable", "enable"])
+def test_api_disable_or_enable_of_an_unknown_channel_is_404(client, action):
+    answer = client.post(f"/api/channels/ch_nope/{action}", headers=AUTH)
+    assert answer.status_code == 404
+    assert answer.json["error"] == "unknown_channel"
+
+
+def test_api_disable_needs_the_bearer_token(client, channel):
+    assert client.post(f"/api/channels/{channel['id']}/disable").status_code == 401
+
+
+def test_a_private_outbound_url_is_refused_with_the_setting_that_allows_it_named(make_app):
+    app = make_app(ALLOW_PRIVATE_OUTBOUND="false")
+    answer = app.test_client().post(
+        "/api/channels", json={"connector": "webhook", "outbound_url": "http://10.1.2.3/hook"}, headers=AUTH
+    )
+    assert answer.status_code == 422
+    (reason,) = answer.json["fields"]["outbound_url"]
+    assert "not public" in reason and "ALLOW_PRIVATE_OUTBOUND" in reason
