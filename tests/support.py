@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from flask import Flask
+from sqlalchemy import event
 from standardwebhooks.webhooks import Webhook
 
 from app.services import Services
@@ -61,3 +64,21 @@ def signed_headers(
         "webhook-signature": Webhook(secret).sign(msg_id, when, data),
         "Content-Type": "application/json",
     }
+
+
+@contextmanager
+def statements(app: Flask, verbs: tuple[str, ...] = ()) -> Iterator[list[str]]:
+    """The SQL statements the app's engine runs inside the block (only those starting with one
+    of `verbs`, e.g. ("INSERT", "UPDATE", "DELETE"), when given)."""
+    seen: list[str] = []
+
+    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        if not verbs or statement.lstrip().split(" ", 1)[0].upper() in verbs:
+            seen.append(statement)
+
+    engine = services(app).db.engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

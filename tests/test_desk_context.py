@@ -3,18 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 from urllib.parse import quote
 
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event, select
+from sqlalchemy import select
 
 from app.store.models import Channel
 from tests.receiver import Answer, Receiver
-from tests.support import desk_pull_body, desk_push_body, services
+from tests.support import desk_pull_body, desk_push_body, services, statements
 
 CONTEXT = "eyJhbGciOi.JzZWN1cml0eUNvbnRleHQ.c2lnbmVk"  # shaped like Desk's (opaque to us)
 
@@ -24,21 +22,9 @@ def stored(app: Flask, channel_id: str) -> Channel:
         return session.scalars(select(Channel).where(Channel.id == channel_id)).one()
 
 
-@contextmanager
-def writes(app: Flask) -> Iterator[list[str]]:
+def writes(app: Flask) -> Any:
     """The INSERT/UPDATE/DELETE statements the app runs inside the block."""
-    seen: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        if statement.lstrip().split(" ", 1)[0].upper() in ("INSERT", "UPDATE", "DELETE"):
-            seen.append(statement)
-
-    engine = services(app).db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    return statements(app, ("INSERT", "UPDATE", "DELETE"))
 
 
 def pull(client: FlaskClient, channel: dict[str, Any], org: str, context: str | None) -> None:

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from html.parser import HTMLParser
 from typing import Any
 
@@ -12,13 +11,12 @@ import orjson
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import event
 
 from app.desk.state import encode_state
 from app.keyring import Keyring
 from app.usecases.channels import list_channels
 from tests.desk_simulator import DESK_TIME, ExternalService, FlaskTransport, message
-from tests.support import desk_pull_body, fixture, services
+from tests.support import desk_pull_body, fixture, services, statements
 
 Channel = dict[str, Any]
 EMPTY = {"data": {"tickets": [], "threads": []}}
@@ -580,20 +578,9 @@ def test_conversation_spread_over_requests_has_one_ticket(
 # --- cost --------------------------------------------------------------------------------
 
 
-@contextmanager
-def counted_queries(app: Flask) -> Iterator[list[str]]:
+def counted_queries(app: Flask) -> Any:
     """The SQL statements the app's engine runs inside the block."""
-    statements: list[str] = []
-
-    def record(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        statements.append(statement)
-
-    engine = services(app).db.engine
-    event.listen(engine, "before_cursor_execute", record)
-    try:
-        yield statements
-    finally:
-        event.remove(engine, "before_cursor_execute", record)
+    return statements(app)
 
 
 def test_pull_runs_a_bounded_number_of_queries(
