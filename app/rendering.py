@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import re
+from collections import Counter
 from collections.abc import Callable
 
-import lxml.html
 import nh3
 from lxml import etree
 
@@ -41,6 +41,12 @@ def _attribute_filter(tag: str, attribute: str, value: str) -> str | None:
     return value
 
 
+# html5ever (under nh3) spends time in proportion to the depth of open elements for each tag, so deeply nested or
+# misnested HTML costs it quadratic time: 20,000 nested divs take over a second, a hostile 1 MiB body minutes.
+# Input with more tags than this is first re-serialised by libxml2 (linear, in C), which nests it properly and at
+# most _MAX_DEPTH deep; below it the worst case is a few milliseconds.
+_NORMALISE_ABOVE_TAGS = 4096
+
 _CLEANER = nh3.Cleaner(
     tags=_TAGS,
     clean_content_tags=_CLEAN_CONTENT_TAGS,
@@ -54,6 +60,11 @@ _CLEANER = nh3.Cleaner(
 
 def sanitize_html(html: str) -> str:
     """Allowlist-sanitise inbound HTML: no scripts, handlers or dangerous URLs; links get rel=noopener."""
+    if html.count("<") > _NORMALISE_ABOVE_TAGS:
+        with contextlib.suppress(Exception):
+            root = _document(html)
+            if root is not None:
+                html = etree.tostring(root, method="html", encoding="unicode")
     return _CLEANER.clean(html)
 
 
@@ -61,12 +72,14 @@ def sanitize_html(html: str) -> str:
 
 # Elements separated from what is around them by a blank line (a single line break inside a list item).
 _BLOCKS = frozenset({
-    "p", "div", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "ul", "ol", "dl", "table", "hr",
+    "p", "h1", "h2", "h3", "h4", "h5", "h6", "blockquote", "pre", "ul", "ol", "dl", "table", "hr",
     "address", "article", "aside", "center", "details", "dialog", "dir", "fieldset", "figure", "footer", "form",
     "header", "hgroup", "main", "menu", "nav", "section", "body", "html",
 })
-# Elements on a line of their own, without a blank line.
-_LINES = frozenset({"dt", "dd", "caption", "figcaption", "summary", "legend"})
+# Elements on a line of their own, without a blank line. A div is one, as a browser shows it:
+# rich-text editors write each line of a reply as a <div>, and a blank line
+# as <div><br></div>.
+_LINES = frozenset({"div", "dt", "dd", "caption", "figcaption", "summary", "legend"})
 # Elements whose content is never text.
 _SKIPPED = frozenset({
     "script", "style", "head", "title", "template", "noscript", "iframe", "object", "embed", "applet",
@@ -77,6 +90,8 @@ _VOID = frozenset({
 })
 # Whitespace a browser collapses (&nbsp; is rendered as a plain space too).
 _WHITESPACE = re.compile(r"[ \t\n\r\f\xa0]+")
+# Elements a start tag of the same name closes (as in <li>a<li>b).
+_CLOSE_SIBLING = frozenset({"p", "li", "dt", "dd", "option", "tr", "td", "th"})
 # libxml2 stops at this depth (the rest of the document is lost); deeper tags are dropped before a second parse.
 _MAX_DEPTH = 200
 # A tag, scanned without crossing another "<" so that the scan stays linear on hostile input.
@@ -84,7 +99,7 @@ _TAG = re.compile(r"<(/?)([A-Za-z][^\s/<>]*)[^<>]*>")
 
 
 class _TextRenderer:
-    """Plain text laid out from a stream of start tag, end tag and text events."""
+    """Plain text laid out from a walk over an lxml tree: start and end of elements, their text."""
 
     def __init__(self) -> None:
         self.out: list[str] = []
@@ -93,122 +108,175 @@ class _TextRenderer:
         self.pending_break = 0  # line breaks owed before the next text (2 = a blank line)
         self.pending_space = False
         self.pending_separator = False  # " | " owed between two table cells
-        self.prefix: str | None = None  # "- " or "3. " owed at the start of a list item's first line
+        self.prefix = ""  # "- " or "3. " owed at the start of a list item's first line
         self.pre_whitespace = ""  # trailing spaces of preformatted text, written if more of it follows
         self.pre_start = False  # the next text opens a pre: its first newline is not content
-        self.skip_depth = 0
         self.pre_depth = 0
         self.item_depth = 0
         self.cell_depth = 0
-        self.lists: list[list[int]] = []  # [ordered, next number]
+        self.lists: list[list[int]] = []  # [ordered, next number] of each open list
         self.rows: list[int] = []  # cells seen in each open table row
         self.link_depth = 0
         self.link_href = ""
-        self.link_start: int | None = None  # where the outermost link's text starts in out
+        self.link_start = -1  # where the outermost link's text starts in out (-1: not yet)
+        self.starts: dict[str, Callable[[etree._Element], None]] = {
+            **dict.fromkeys(_BLOCKS, self._block_start), **dict.fromkeys(_LINES, self._line_start),
+            "pre": self._pre_start, "ul": self._list_start, "ol": self._list_start, "menu": self._list_start,
+            "dir": self._list_start, "br": self._br, "li": self._item_start, "tr": self._row_start,
+            "td": self._cell_start, "th": self._cell_start, "a": self._link_start,
+        }
+        self.ends: dict[str, Callable[[], None]] = {
+            **dict.fromkeys(_BLOCKS, self._block_end), **dict.fromkeys(_LINES, self._line_end),
+            "pre": self._pre_end, "ul": self._list_end, "ol": self._list_end, "menu": self._list_end,
+            "dir": self._list_end, "li": self._item_end, "tr": self._row_end, "td": self._cell_end,
+            "th": self._cell_end, "a": self._link_end,
+        }
 
-    # events
-
-    def start(self, tag: str, get: Callable[[str], str | None]) -> None:
-        """An element opens."""
-        if self.skip_depth or tag in _SKIPPED:
-            self.skip_depth += 1
-            return
-        self.pre_start = False
-        if tag in _BLOCKS:
-            self._break(1 if self.item_depth else 2)
-            if tag == "pre":
-                self.pre_depth += 1
-                self.pre_start = True
-            elif tag in ("ul", "ol", "menu", "dir"):
-                self.lists.append([tag == "ol", _list_start(get("start")) if tag == "ol" else 1])
-        elif tag == "br":
-            self._line_break()
-        elif tag == "li":
-            self._break(1)
-            self.item_depth += 1
-            if self.lists and self.lists[-1][0]:
-                self.prefix = f"{self.lists[-1][1]}. "
-                self.lists[-1][1] += 1
+    def render(self, root: etree._Element) -> None:
+        """Lay out the tree under root (iteratively: any depth)."""
+        starts, ends, text, skipped = self.starts, self.ends, self.text, _SKIPPED
+        walker = etree.iterwalk(root, events=("start", "end"))
+        for event, element in walker:
+            tag = element.tag
+            if event == "start":
+                if tag in skipped:
+                    walker.skip_subtree()
+                    continue
+                handler = starts.get(tag)
+                if handler is not None:
+                    handler(element)
+                value = element.text
             else:
-                self.prefix = "- "
-        elif tag == "tr":
-            self._break(1)
-            self.rows.append(0)
-        elif tag in ("td", "th"):
-            if self.rows:
-                if self.rows[-1]:
-                    self.pending_separator = True
-                self.rows[-1] += 1
-            self.cell_depth += 1
-        elif tag in _LINES:
-            self._break(1)
-        elif tag == "a":
-            self.link_depth += 1
-            if self.link_depth == 1:
-                self.link_href = _link_target(get("href"))
-                self.link_start = None
+                finish = ends.get(tag)
+                if finish is not None:
+                    finish()
+                value = element.tail
+            if value:
+                text(value)
 
-    def end(self, tag: str) -> None:
-        """An element closes."""
-        if self.skip_depth:
-            self.skip_depth -= 1
-            return
-        if tag in _BLOCKS:
-            if tag == "pre":
-                self.pre_depth -= 1
-                self.pre_whitespace = ""
-            elif tag in ("ul", "ol", "menu", "dir") and self.lists:
-                self.lists.pop()
-            self._break(1 if self.item_depth else 2)
-        elif tag == "li":
-            self.item_depth = max(self.item_depth - 1, 0)
-            self._break(1)
-        elif tag == "tr":
-            if self.rows:
-                self.rows.pop()
-            self._break(1)
-        elif tag in ("td", "th"):
-            self.cell_depth = max(self.cell_depth - 1, 0)
-        elif tag in _LINES:
-            self._break(1)
-        elif tag == "a" and self.link_depth:
-            self.link_depth -= 1
-            if not self.link_depth:
-                self._end_link()
-
-    def text(self, text: str) -> None:
+    def text(self, value: str) -> None:
         """Character data, entities already decoded."""
-        if self.skip_depth or not text:
-            return
         if self.pre_depth:
-            self._preformatted(text)
+            self._preformatted(value)
             return
-        text = _WHITESPACE.sub(" ", text)
-        core = text.strip(" ")
-        if text[0] == " ":
+        value = _WHITESPACE.sub(" ", value)
+        core = value.strip(" ")
+        if value[0] == " ":
             self.pending_space = True
-        if core:
-            self._write(core)
-            self.pending_space = text[-1] == " "
+        if not core:
+            return
+        if not self.started or self.pending_break or self.pending_space or self.pending_separator or self.link_depth:
+            self._separate()
+        self.out.append(core)
+        self.started = True
+        self.newlines = 0
+        self.pre_whitespace = ""
+        self.pending_space = value[-1] == " "
 
     def result(self) -> str:
         """The text written so far, each line right-stripped, without blank lines around it."""
         text = "".join(self.out)
         return "\n".join(line.rstrip() for line in text.split("\n")).strip("\n")
 
+    # elements
+
+    def _block_start(self, element: etree._Element) -> None:
+        self._break(1 if self.item_depth else 2)
+
+    def _block_end(self) -> None:
+        self._break(1 if self.item_depth else 2)
+
+    def _line_start(self, element: etree._Element) -> None:
+        self._break(1)
+
+    def _line_end(self) -> None:
+        self._break(1)
+
+    def _pre_start(self, element: etree._Element) -> None:
+        self._block_start(element)
+        self.pre_depth += 1
+        self.pre_start = True
+
+    def _pre_end(self) -> None:
+        self.pre_depth -= 1
+        self.pre_whitespace = ""
+        self._block_end()
+
+    def _list_start(self, element: etree._Element) -> None:
+        self._block_start(element)
+        ordered = element.tag == "ol"
+        self.lists.append([ordered, _first_number(element.get("start")) if ordered else 1])
+
+    def _list_end(self) -> None:
+        if self.lists:
+            self.lists.pop()
+        self._block_end()
+
+    def _item_start(self, element: etree._Element) -> None:
+        self._break(1)
+        self.item_depth += 1
+        if self.lists and self.lists[-1][0]:
+            self.prefix = f"{self.lists[-1][1]}. "
+            self.lists[-1][1] += 1
+        else:
+            self.prefix = "- "
+
+    def _item_end(self) -> None:
+        self.item_depth = max(self.item_depth - 1, 0)
+        self._break(1)
+
+    def _row_start(self, element: etree._Element) -> None:
+        self._break(1)
+        self.rows.append(0)
+
+    def _row_end(self) -> None:
+        if self.rows:
+            self.rows.pop()
+        self._break(1)
+
+    def _cell_start(self, element: etree._Element) -> None:
+        if self.rows:
+            if self.rows[-1]:
+                self.pending_separator = True
+            self.rows[-1] += 1
+        self.cell_depth += 1
+
+    def _cell_end(self) -> None:
+        self.cell_depth = max(self.cell_depth - 1, 0)
+
+    def _br(self, element: etree._Element) -> None:
+        if self.cell_depth:  # a table row stays on one line
+            self.pending_space = True
+        elif self.started:
+            self.pending_break = 2 if self.pending_break else 1
+
+    def _link_start(self, element: etree._Element) -> None:
+        self.link_depth += 1
+        if self.link_depth == 1:  # a link inside a link is only text
+            self.link_href = _link_target(element.get("href"))
+            self.link_start = -1
+
+    def _link_end(self) -> None:
+        if not self.link_depth:
+            return
+        self.link_depth -= 1
+        href = self.link_href
+        if self.link_depth or not href:
+            return
+        label = "".join(self.out[self.link_start:]).strip() if self.link_start >= 0 else ""
+        if not label:
+            self.text(href)
+        elif label != href and not (href[:7].lower() == "mailto:" and label == href[7:]):
+            self.out.append(f" ({href})")
+            self.newlines = 0
+
     # layout
 
     def _break(self, lines: int) -> None:
         if self.cell_depth:  # a table row stays on one line
             self.pending_space = True
-        else:
-            self.pending_break = max(self.pending_break, lines)
-
-    def _line_break(self) -> None:
-        if self.cell_depth:
-            self.pending_space = True
-        elif self.started:
-            self.pending_break = min(self.pending_break + 1, 2)
+        elif lines > self.pending_break:
+            self.pending_break = lines
 
     def _separate(self) -> None:
         """Write what is owed before the next text: line breaks, a list prefix, a space or a cell separator."""
@@ -228,32 +296,23 @@ class _TextRenderer:
             self.out.append(" | ")
         elif self.pending_space:
             self.out.append(" ")
-        self.prefix = None
+        self.prefix = ""
         self.pending_space = self.pending_separator = False
-        if self.link_depth and self.link_start is None:
+        if self.link_depth and self.link_start < 0:
             self.link_start = len(self.out)
 
-    def _write(self, text: str) -> None:
-        self.pre_whitespace = ""
-        self._separate()
-        self.out.append(text)
-        self.started = True
-        self.newlines = 0
-
-    def _preformatted(self, text: str) -> None:
-        text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\xa0", " ")
-        if self.pre_start and text[0] == "\n":
-            text = text[1:]  # as a browser does
+    def _preformatted(self, value: str) -> None:
+        value = value.replace("\r\n", "\n").replace("\r", "\n").replace("\xa0", " ")
+        if self.pre_start and value[0] == "\n":
+            value = value[1:]  # as a browser does
         self.pre_start = False
-        text = self.pre_whitespace + text
-        body = text.rstrip(" \t")
-        self.pre_whitespace = text[len(body):]
-        if not body:
-            return
+        value = self.pre_whitespace + value
+        body = value.rstrip(" \t")
+        self.pre_whitespace = value[len(body):]
         if not self.started:
             body = body.lstrip("\n")
-            if not body.strip():
-                return
+        if not body:
+            return
         self._separate()
         self.out.append(body)
         self.started = True
@@ -263,19 +322,9 @@ class _TextRenderer:
         else:
             self.newlines += body.count("\n")
 
-    def _end_link(self) -> None:
-        href = self.link_href
-        if not href:
-            return
-        label = "".join(self.out[self.link_start:]).strip() if self.link_start is not None else ""
-        if not label:
-            self._write(href)
-        elif label != href and not (href[:7].lower() == "mailto:" and label == href[7:]):
-            self.out.append(f" ({href})")
-            self.newlines = 0
 
-
-def _list_start(value: str | None) -> int:
+def _first_number(value: str | None) -> int:
+    """The number of an ordered list's first item."""
     try:
         return int(value or 1)
     except ValueError:
@@ -290,51 +339,53 @@ def _link_target(href: str | None) -> str:
     return href
 
 
-def _parse(html: str | bytes) -> tuple[lxml.html.HtmlElement | None, bool]:
-    """The document parsed by libxml2, and whether libxml2 gave up on part of it (too deep)."""
-    if isinstance(html, bytes):
-        parser = lxml.html.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
-    else:
-        parser = lxml.html.HTMLParser(remove_comments=True, remove_pis=True)
+def _parse(data: bytes) -> tuple[etree._Element | None, bool]:
+    """The document parsed by libxml2 (None if empty), and whether libxml2 gave up on part of it."""
+    parser = etree.HTMLParser(encoding="utf-8", remove_comments=True, remove_pis=True)
     try:
-        root = lxml.html.document_fromstring(html, parser=parser)
-    except (etree.ParserError, ValueError):  # empty document, XML encoding declaration in a str
+        root = etree.fromstring(data, parser)
+    except etree.LxmlError:
         return None, False
     return root, any(error.level_name == "FATAL" for error in parser.error_log)
 
 
 def _flatten(html: str) -> str:
     """The HTML without the tags nested deeper than libxml2 accepts (their text is kept)."""
-    depth = 0
+    stack: list[tuple[str, bool]] = []  # open elements, as libxml2 would roughly have them, and whether kept
+    open_tags: Counter[str] = Counter()
 
     def keep(match: re.Match[str]) -> str:
-        nonlocal depth
         tag = match[2].lower()
         if tag in _VOID:
             return match[0]
-        if match[1]:  # an end tag
-            level, depth = depth, max(depth - 1, 0)
-        else:
-            depth += 1
-            level = depth
-        return match[0] if level <= _MAX_DEPTH or tag in ("script", "style") else ""
+        if match[1]:  # an end tag: it closes the elements opened after its own
+            if not open_tags[tag]:
+                return match[0]  # a stray end tag, ignored by the parser
+            while True:
+                name, kept = stack.pop()
+                open_tags[name] -= 1
+                if name == tag:
+                    return match[0] if kept else ""
+        if tag in _CLOSE_SIBLING and stack and stack[-1][0] == tag:  # <li>a<li>b: the first li ends
+            open_tags[tag] -= 1
+            stack.pop()
+        kept = len(stack) < _MAX_DEPTH or tag in ("script", "style")  # whose text must stay out of sight
+        stack.append((tag, kept))
+        open_tags[tag] += 1
+        return match[0] if kept else ""
 
     return _TAG.sub(keep, html)
 
 
-def _render(root: lxml.html.HtmlElement, renderer: _TextRenderer) -> None:
-    for event, element in etree.iterwalk(root, events=("start", "end", "comment", "pi")):
-        tag = element.tag
-        if event == "start":
-            if isinstance(tag, str):
-                renderer.start(tag.lower(), element.get)
-            if element.text and isinstance(tag, str):
-                renderer.text(element.text)
-        else:
-            if event == "end" and isinstance(tag, str):
-                renderer.end(tag.lower())
-            if element.tail:
-                renderer.text(element.tail)
+def _document(html: str) -> etree._Element | None:
+    """The HTML parsed by libxml2, as much of it as can be: None if there is no document at all."""
+    # As UTF-8 bytes: a str with an XML encoding declaration is refused, a lone surrogate ends the parse.
+    root, truncated = _parse(html.encode("utf-8", "replace"))
+    if truncated:  # nested too deep: libxml2 dropped everything from there on
+        flat_root, _ = _parse(_flatten(html).encode("utf-8", "replace"))
+        if flat_root is not None:
+            root = flat_root
+    return root
 
 
 def html_to_text(html: str) -> str:
@@ -343,17 +394,9 @@ def html_to_text(html: str) -> str:
         return ""
     renderer = _TextRenderer()
     with contextlib.suppress(Exception):  # best effort: whatever was laid out before a failure
-        source: str | bytes = html
-        root, truncated = _parse(source)
-        if root is None:  # a str lxml refuses (XML encoding declaration, lone surrogate): try UTF-8 bytes
-            source = html.encode("utf-8", "replace")
-            root, truncated = _parse(source)
-        if truncated:
-            flat = _flatten(html)
-            flat_root, _ = _parse(flat if isinstance(source, str) else flat.encode("utf-8", "replace"))
-            root = flat_root if flat_root is not None else root
+        root = _document(html)
         if root is not None:
-            _render(root, renderer)
+            renderer.render(root)
     return renderer.result()
 
 

@@ -38,7 +38,7 @@ def new_channel_id() -> str:
 def create_channel(db: Database, keyring: Keyring, connectors: Connectors, data: Any) -> dict[str, Any]:
     """Create a channel; the answer holds its secrets, shown this once."""
     kind_name = data.get("connector") if isinstance(data, dict) else None
-    if kind_name not in connectors:
+    if not isinstance(kind_name, str) or kind_name not in connectors:
         choices = ", ".join(sorted(connectors))
         raise Invalid("validation_error", "The channel is not valid.",
                       fields={"connector": [f"Must be one of: {choices}."]})
