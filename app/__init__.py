@@ -31,6 +31,10 @@ def create_app(
     configure_logging(settings.log_format)
     app = Flask(__name__, instance_path=str(settings.instance_path), static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_body_bytes
+    # Every answer is JSON (SPEC B8): no automatic OPTIONS answers (an empty HTML 200), and
+    # no HTML redirect from //desk//pull to /desk/pull: such paths are a JSON 404.
+    app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
+    app.url_map.merge_slashes = False
     app.extensions["deskbridge"] = Services(
         settings=settings,
         db=Database(settings.database_url, busy_timeout=settings.sqlite_busy_timeout_seconds),

@@ -91,6 +91,11 @@ def test_org_id_is_required_even_for_a_channel_created_without_one(send, channel
     assert_error(send(creds(channel), query="?orgId="), 400, "missing_org_id")
 
 
+@pytest.mark.parametrize("org_id", ["%00", "a%00b", "x" * 65, "a%20b", "%C3%A9"])
+def test_an_org_id_that_is_not_1_to_64_visible_characters_is_400(send, channel, org_id):
+    assert_error(send(creds(channel), query=f"?orgId={org_id}"), 400, "invalid_org_id")
+
+
 def test_org_id_differing_from_the_channels_is_403(send, new_channel):
     bound = new_channel(org_id="111")
     assert_error(send(creds(bound), query="?orgId=222"), 403, "org_mismatch")

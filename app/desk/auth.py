@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,6 +14,8 @@ from app.domain.errors import Forbidden, MalformedRequest, Unauthenticated
 from app.keyring import Keyring, token_matches
 from app.store import queries
 from app.store.database import Database
+
+ORG_ID = re.compile(r"[!-~]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def authenticate_desk(db: Database, caller: DeskCaller) -> Row[Any]:
         raise Unauthenticated("invalid_credentials", "Unknown channel or wrong channelToken.")
     if not caller.org_id:
         raise MalformedRequest("missing_org_id", "The orgId query parameter is required.")
+    if not ORG_ID.fullmatch(caller.org_id):
+        raise MalformedRequest("invalid_org_id", "The orgId query parameter must be 1 to 64 visible characters.")
     if channel.org_id is not None and channel.org_id != caller.org_id:
         raise Forbidden("org_mismatch", "This channel belongs to another Desk organisation.")
     if not channel.enabled:
@@ -74,7 +79,7 @@ def context_changes(keyring: Keyring, channel: Row[Any], caller: DeskCaller, now
     """The channel columns to write so that it records this request's orgId and securityContext
     (SPEC B3); empty when both are as recorded, so that an unchanged request writes nothing."""
     values: dict[str, Any] = {}
-    if caller.org_id and caller.org_id != channel.desk_org_id and len(caller.org_id) <= 64:
+    if caller.org_id and caller.org_id != channel.desk_org_id and ORG_ID.fullmatch(caller.org_id):
         values["desk_org_id"] = caller.org_id
     context = caller.security_context
     if context and len(context) <= MAX_CONTEXT_LENGTH:

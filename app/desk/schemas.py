@@ -19,6 +19,7 @@ from app.domain.replies import ReplyIn
 from app.validation import Identifier, Text, load, max_depth
 
 CONTENT_TYPES = ("text/plain", "text/html")
+MAX_REPLY_ID = 200  # Desk's ids are numbers of about 18 digits
 
 
 class AuthorSchema(Schema):
@@ -37,8 +38,12 @@ class ReplyResourceSchema(Schema):
     class Meta:
         unknown = EXCLUDE
 
-    # The id becomes the delivery's webhook-id header (reply_<id>): visible ASCII only.
-    id = Identifier(required=True, validate=validate.Regexp(r"^[!-~]+$", error="Must be visible ASCII characters."))
+    # The id becomes the delivery's webhook-id header (reply_<id>: visible ASCII only) and,
+    # without an id from the external service, the reply's extId (desk-reply-<id>, a column of 255).
+    id = Identifier(required=True, validate=[
+        validate.Regexp(r"^[!-~]+$", error="Must be visible ASCII characters."),
+        validate.Length(max=MAX_REPLY_ID, error=f"Must be at most {MAX_REPLY_ID} characters."),
+    ])
     extParentId = Identifier(required=True)
     replyToExtId = Identifier(allow_none=True, load_default=None)
     content = Text(allow_none=True)

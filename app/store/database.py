@@ -71,7 +71,8 @@ def make_engine(url: str, *, busy_timeout: float = SQLITE_BUSY_TIMEOUT_SECONDS) 
     # bounds a connection's age. A request holds one connection at a time, so a worker needs
     # about as many as it has threads; several workers per host must stay under the
     # server's max_connections.
-    engine = create_engine(url, pool_size=4, max_overflow=8, pool_recycle=1800)
+    # hide_parameters: an error's text quotes its statement's parameters, which may be message content.
+    engine = create_engine(url, pool_size=4, max_overflow=8, pool_recycle=1800, hide_parameters=True)
     _drop_connections_closed_by_server(engine)
     return engine
 
@@ -114,6 +115,7 @@ def _sqlite_engine(url: str, busy_timeout: float) -> Engine:
     memory = make_url(url).database in (None, "", ":memory:")
     engine = create_engine(
         url,
+        hide_parameters=True,
         # Pooled connections: opening one and setting its pragmas costs more than
         # a whole empty pull. A pooled connection is used by one thread at a time.
         pool_size=8,

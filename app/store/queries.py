@@ -23,6 +23,8 @@ _CHANNEL_BY_ID = select(_channels).where(_channels.c.id == bindparam("channel_id
 
 def get_channel(session: Session, channel_id: str) -> Channel | None:
     """The channel with this id as an ORM object (for changes), or None."""
+    if not CHANNEL_ID.fullmatch(channel_id):
+        return None  # cannot exist, and some strings (NUL) would not even reach the query
     return session.get(Channel, channel_id)
 
 

@@ -57,6 +57,10 @@ def domain_error_response(error: domain.DomainError) -> Response:
     response = error_response(status_of(error), error.code, error.message, error.fields)
     if isinstance(error, domain.Unavailable):
         response.headers["Retry-After"] = str(error.retry_after)
+    if isinstance(error, (domain.TooLarge, domain.MalformedRequest)) and error.code != "invalid_json":
+        # The body was left unread (or cannot be read): the connection cannot carry another
+        # request. The server's worker turns this into its own Connection: close.
+        response.headers["Connection"] = "close"
     return response
 
 
@@ -88,6 +92,8 @@ def register_error_handlers(app: Flask) -> None:
         if status == 413:
             message = "The request body is larger than this server accepts."
         response = error_response(status, _http_code(exc), message)
+        if status == 413:
+            response.headers["Connection"] = "close"  # the body is left unread
         if status == 405 and exc.get_response().headers.get("Allow"):
             response.headers["Allow"] = exc.get_response().headers["Allow"]
         return response

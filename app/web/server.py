@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import traceback
 from ssl import SSLError
+from typing import Any
 
 from gunicorn import util
 from gunicorn.http.errors import (
@@ -144,8 +145,34 @@ def render_error(status: int, reason: str, code: str, message: str) -> bytes:
     return head.encode("ascii") + body
 
 
+def closing_when_asked(app: Any) -> Any:
+    """Let the application close the connection with `Connection: close` in its answer.
+
+    gunicorn drops hop-by-hop headers from an application's answer and announces keep-alive;
+    after a 413 it then gives up draining the unread body and closes the connection anyway,
+    so a client sending its next request on it gets no answer. Asking gunicorn's response to
+    close makes the answer say so.
+    """
+
+    def wrapped(environ: dict[str, Any], start_response: Any) -> Any:
+        def start(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            if any(name.lower() == "connection" and value.strip().lower() == "close" for name, value in headers):
+                force_close = getattr(getattr(start_response, "__self__", None), "force_close", None)
+                if force_close is not None:
+                    force_close()
+            return start_response(status, headers, exc_info)
+
+        return app(environ, start)
+
+    return wrapped
+
+
 class JsonErrorWorker(ThreadWorker):
     """gunicorn's threaded worker whose own error answers are JSON and whose logs hold no request data."""
+
+    def load_wsgi(self):  # gunicorn's
+        super().load_wsgi()
+        self.wsgi = closing_when_asked(self.wsgi)
 
     def handle_error(self, req, client, addr, exc):  # gunicorn's signature
         answer = error_answer(exc)
