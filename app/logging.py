@@ -10,6 +10,7 @@ import sys
 import time
 from typing import Any
 
+import orjson
 from flask import Flask, Response, g, has_request_context, request
 from pythonjsonlogger.json import JsonFormatter
 
@@ -38,6 +39,13 @@ class TextDefaults(logging.Filter):
         return True
 
 
+def _orjson_text(value: Any, **options: Any) -> str:
+    # python-json-logger's serializer hook, with orjson (a third of the cost of json.dumps:
+    # one line is written per request). Anything orjson cannot encode goes through the
+    # formatter's own default, else str().
+    return orjson.dumps(value, default=options.get("default") or str).decode()
+
+
 def json_formatter() -> logging.Formatter:
     """time, level, logger, message, and any context fields the record carries."""
     return JsonFormatter(
@@ -45,7 +53,7 @@ def json_formatter() -> logging.Formatter:
         style="{",
         rename_fields={"levelname": "level", "name": "logger"},
         timestamp="time",  # ISO 8601, UTC
-        json_ensure_ascii=False,
+        json_serializer=_orjson_text,
     )
 
 
@@ -56,6 +64,12 @@ def formatter(log_format: str) -> logging.Formatter:
 
 def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     """Send the root logger's records to stderr in the chosen format (once per process)."""
+    # One line is written per request: skip what no line shows (the logging HOWTO's
+    # "Optimization": caller lookup walks the stack; thread and process names).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = False
+    logging.logMultiprocessing = False
+    logging.logProcesses = False
     root = logging.getLogger()
     for handler in list(root.handlers):
         if getattr(handler, "deskbridge", False):
