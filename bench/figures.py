@@ -20,7 +20,7 @@ from app.store.models import Channel
 from bench import machine
 from bench.load import Client, WrkRun, WrkSettings, run_wrk
 from bench.payloads import (
-    ORG_ID,
+    DESK_QUERY,
     batch_bodies,
     pull_body,
     push_body,
@@ -150,7 +150,7 @@ def _rounded(value: float, digits: int = 2) -> float:
 def empty_pull(bench: Bench) -> Figure:
     """Throughput of a pull whose cursor is at the head, against the bare endpoint (wrk, interleaved runs)."""
     figure = Figure("a_empty_pull", "(a) empty pull throughput", "req/s", "ratio", ">=", 0.5)
-    path = f"/desk/pull?orgId={ORG_ID}"
+    path = f"/desk/pull?{DESK_QUERY}"
     head = bench.last_seq("pull")
     body = orjson.dumps(pull_body(bench.channels["pull"], bench.state("pull", head)))
     status, answer, _ = _once(bench.desk, path, body)
@@ -263,7 +263,7 @@ def _pull_latency(bench: Bench, channel: str, cursor: int, runs: int | None = No
     """Latency of deskbridge's pull of the 1000 messages after `cursor`."""
     batch = min(1000, bench.last_seq(channel) - cursor)
     body = orjson.dumps(pull_body(bench.channels[channel], bench.state(channel, cursor)))
-    return _latencies(bench, bench.desk, f"/desk/pull?orgId={ORG_ID}", lambda: body, _pull_check(batch, batch),
+    return _latencies(bench, bench.desk, f"/desk/pull?{DESK_QUERY}", lambda: body, _pull_check(batch, batch),
                       bench.latency_requests, runs=runs)
 
 
@@ -274,9 +274,9 @@ def full_pull(bench: Bench) -> Figure:
     bench.memo["small_pull"] = desk
     # The bare app answers the very same JSON, saved from deskbridge's answer.
     body = orjson.dumps(pull_body(bench.channels["pull"], bench.state("pull", 0)))
-    _, answer, _ = _once(bench.desk, f"/desk/pull?orgId={ORG_ID}", body)
+    _, answer, _ = _once(bench.desk, f"/desk/pull?{DESK_QUERY}", body)
     (bench.workdir / "full-pull.json").write_bytes(answer)
-    bare = _latencies(bench, bench.bare, f"/desk/pull?orgId={ORG_ID}&full=1", lambda: body, _pull_check(1000, 1000),
+    bare = _latencies(bench, bench.bare, f"/desk/pull?{DESK_QUERY}&full=1", lambda: body, _pull_check(1000, 1000),
                       bench.latency_requests)
     figure.deskbridge, figure.baseline = desk["client_ms"], bare["client_ms"]
     figure.result = desk["client_ms"]
@@ -457,7 +457,7 @@ def push_overhead(bench: Bench) -> Figure:
                                                 "type": "AGENT", "photo_url": resource["author"]["photoURL"]},
         "attachments": []}})
     per_round = max(bench.latency_requests * 4, 20)
-    desk = _latencies(bench, bench.desk, f"/desk/push?orgId={ORG_ID}", push, push_check, per_round, warmup=10)
+    desk = _latencies(bench, bench.desk, f"/desk/push?{DESK_QUERY}", push, push_check, per_round, warmup=10)
     direct = _latencies(bench, bench.receiver, "/hook", lambda: direct_body, direct_check, per_round, warmup=10)
     figure.deskbridge, figure.baseline = desk["client_ms"], direct["client_ms"]
     figure.result = _rounded(desk["client_ms"] - direct["client_ms"])

@@ -11,6 +11,9 @@ import orjson
 from standardwebhooks.webhooks import Webhook
 
 ORG_ID = "60001234"
+# Desk sends its securityContext with every pull and push; deskbridge records it (SPEC B3).
+SECURITY_CONTEXT = "eyJ0eXAiOiJKV1QiLCJhbGciOiJIUzI1NiJ9.eyJvcmdJZCI6IjYwMDAxMjM0In0.c2lnbmF0dXJl"
+DESK_QUERY = f"orgId={ORG_ID}&securityContext={SECURITY_CONTEXT}"
 EPOCH = datetime(2026, 1, 1, tzinfo=UTC)
 # Desk's documented pull body carries every non-secure config param (SPEC A2).
 DESK_CONFIG_PARAMS = {

@@ -36,7 +36,7 @@ from app.services import Services
 from app.usecases.channels import create_channel
 from bench import machine, whatif
 from bench.database import fresh_database, seed_inboxes
-from bench.payloads import ORG_ID, batch_body, message, pull_body, push_body, signed_headers
+from bench.payloads import DESK_QUERY, ORG_ID, batch_body, message, pull_body, push_body, signed_headers
 from bench.servers import start_receiver
 
 SCENARIOS = ("empty-pull", "full-pull", "ingest-single", "ingest-batch", "push")
@@ -63,11 +63,11 @@ def _scenarios(client: FlaskClient, services: Services, channels: dict[str, dict
         post(channel["inbound"]["path"], body, signed_headers(Webhook(channel["inbound"]["secret"]), webhook_id, body))
 
     return {
-        "empty-pull": lambda: post(f"/desk/pull?orgId={ORG_ID}", head),
-        "full-pull": lambda: post(f"/desk/pull?orgId={ORG_ID}", full),
+        "empty-pull": lambda: post(f"/desk/pull?{DESK_QUERY}", head),
+        "full-pull": lambda: post(f"/desk/pull?{DESK_QUERY}", full),
         "ingest-single": lambda: inbound("ingest", orjson.dumps(message("p", next(numbers)))),
         "ingest-batch": lambda: inbound("batch", batch_body("q", _hundred(next(batches)))),
-        "push": lambda: post(f"/desk/push?orgId={ORG_ID}",
+        "push": lambda: post(f"/desk/push?{DESK_QUERY}",
                              orjson.dumps(push_body(channels["push"], f"profile-{next(replies)}"))),
     }
 
