@@ -15,7 +15,8 @@ $(BIN)/.dev: $(BIN)/.runtime requirements-dev.txt
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
 	touch $@
 
-## Migrate the database (SQLite in instance/ unless DATABASE_URL is set) and serve with gunicorn.
+## Migrate the database (SQLite in instance/ unless DATABASE_URL is set), then serve with gunicorn and run
+## the background worker beside it (app/serve.py supervises both; Ctrl-C or SIGTERM stops both).
 run: $(BIN)/.runtime
 	exec $(BIN)/python -m app.serve
 

@@ -20,12 +20,14 @@ def create_app(
 ) -> Flask:
     """Assemble the application; `overrides` take precedence over the environment, and
     `connectors` replace or add connector kinds by name (tests inject fakes here)."""
-    from app.cli import channel_cli
+    from app.cli import channel_cli, replies_cli
+    from app.jobs.cli import worker_cli
     from app.web.admin import admin_api
     from app.web.desk import desk
     from app.web.errors import register_error_handlers
     from app.web.health import health
     from app.web.inbound import inbound
+    from app.web.metrics import init_metrics
 
     settings = Settings.from_env(overrides=overrides)
     configure_logging(settings.log_format)
@@ -45,5 +47,8 @@ def create_app(
     register_error_handlers(app)
     for blueprint in (health, desk, inbound, admin_api):
         app.register_blueprint(blueprint)
+    init_metrics(app)
     app.cli.add_command(channel_cli)
+    app.cli.add_command(worker_cli)
+    app.cli.add_command(replies_cli)
     return app

@@ -1,4 +1,4 @@
-"""`flask --app wsgi channel ...`: create, list, disable and enable channels (SPEC B7)."""
+"""`flask --app wsgi channel ...`: create, list, show, update, disable, enable, rotate, delete (SPEC B7, B10)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,10 @@ import orjson
 from flask.cli import AppGroup
 
 from app.connectors import CONNECTOR_TYPES
-from app.domain.errors import DomainError
+from app.domain.errors import ConfirmationRequired, DomainError
 from app.services import services
 from app.store.database import DatabaseUnavailable
-from app.usecases import channels
+from app.usecases import channels, ledger
 
 channel_cli = AppGroup("channel", help="Create and manage channels.")
 T = TypeVar("T")
@@ -67,6 +67,137 @@ def disable(channel_id: str) -> None:
 def enable(channel_id: str) -> None:
     """Enable a channel again."""
     _print(_run(lambda: channels.set_enabled(services().db, channel_id, True)))
+
+
+@channel_cli.command("show")
+@click.argument("channel_id")
+def show(channel_id: str) -> None:
+    """Show a channel with its sync figures and health."""
+    svc = services()
+    _print(_run(lambda: channels.show_channel(svc.db, channel_id, stall_minutes=svc.settings.stall_minutes)))
+
+
+@channel_cli.command("update")
+@click.argument("channel_id")
+@click.option("--name", default=None, help="A new name.")
+@click.option("--org-id", default=None, help="The Desk orgId the channel is limited to ('' for none).")
+@click.option("--outbound-url", default=None, help="A new URL for agent replies (webhook).")
+def update(channel_id: str, name: str | None, org_id: str | None, outbound_url: str | None) -> None:
+    """Change a channel's name, Desk org or connector settings."""
+    svc = services()
+    changes: dict[str, Any] = {}
+    if name is not None:
+        changes["name"] = name
+    if org_id is not None:
+        changes["org_id"] = org_id or None
+    if outbound_url is not None:
+        changes["outbound_url"] = outbound_url
+    _print(_run(lambda: channels.update_channel(svc.db, svc.connectors, channel_id, changes,
+                                                stall_minutes=svc.settings.stall_minutes)))
+
+
+@channel_cli.command("rotate")
+@click.argument("channel_id")
+@click.option("--secret", "which", required=True, type=click.Choice(channels.ROTATABLE), help="Which secret.")
+def rotate(channel_id: str, which: str) -> None:
+    """Replace a secret and print the new one (shown only now)."""
+    svc = services()
+    _print(_run(lambda: channels.rotate_secret(svc.db, svc.keyring, svc.connectors, channel_id, which,
+                                               overlap_seconds=svc.settings.secret_overlap_seconds)))
+
+
+@channel_cli.command("delete")
+@click.argument("channel_id")
+@click.option("--yes", is_flag=True, help="Confirm: the channel's inbox and reply ledger go with it.")
+def delete(channel_id: str, yes: bool) -> None:
+    """Delete a channel with everything stored for it."""
+    _run(lambda: channels.delete_channel(services().db, channel_id, channel_id if yes else None))
+    _print({"deleted": channel_id})
+
+
+replies_cli = AppGroup("replies", help="See, retry, delete and export agent replies (the reply ledger).")
+
+
+def _filters(channel: str | None, status: str | None, since: str | None, until: str | None) -> dict[str, str]:
+    given = {"channel": channel, "status": status, "since": since, "until": until}
+    return {name: value for name, value in given.items() if value is not None}
+
+
+def _filter_options(command: Any) -> Any:
+    for option in reversed((
+        click.option("--channel", default=None, help="Only this channel's replies."),
+        click.option("--status", default=None, help="pending, sent or failed."),
+        click.option("--since", default=None, help="Created at or after this ISO-8601 time."),
+        click.option("--until", default=None, help="Created before this ISO-8601 time."),
+    )):
+        command = option(command)
+    return command
+
+
+@replies_cli.command("list")
+@_filter_options
+@click.option("--limit", default=None, help="Entries per page (default 50, at most 250).")
+@click.option("--cursor", default=None, help="The next_cursor of the previous page.")
+def replies_list(channel: str | None, status: str | None, since: str | None, until: str | None,
+                 limit: str | None, cursor: str | None) -> None:
+    """List ledger entries, newest first."""
+    query: dict[str, Any] = _filters(channel, status, since, until)
+    query.update({name: value for name, value in (("limit", limit), ("cursor", cursor)) if value is not None})
+    page = _run(lambda: ledger.list_replies(services().db, query))
+    _print({"items": page.items, "next_cursor": page.next_cursor})
+
+
+@replies_cli.command("show")
+@click.argument("ledger_id")
+def replies_show(ledger_id: str) -> None:
+    """Show one entry with its attempts history."""
+    _print(_run(lambda: ledger.show_reply(services().db, ledger_id)))
+
+
+@replies_cli.command("retry")
+@click.argument("ledger_ids", nargs=-1, type=int)
+@click.option("--all-failed", is_flag=True, help="Every failed entry (with --channel, --since, --until).")
+@click.option("--channel", default=None)
+@click.option("--since", default=None)
+@click.option("--until", default=None)
+def replies_retry(ledger_ids: tuple[int, ...], all_failed: bool, channel: str | None, since: str | None,
+                  until: str | None) -> None:
+    """Deliver entries again in the background, with the same idempotency key."""
+    svc = services()
+    body: dict[str, Any] = (
+        {"ids": list(ledger_ids)} if ledger_ids or not all_failed else _filters(channel, "failed", since, until)
+    )
+    _print(_run(lambda: ledger.retry_replies(svc.db, body, deadline_seconds=svc.settings.push_deadline_seconds)))
+
+
+@replies_cli.command("delete")
+@click.argument("ledger_ids", nargs=-1, type=int, required=True)
+@click.option("--yes", is_flag=True, help="Confirm.")
+def replies_delete(ledger_ids: tuple[int, ...], yes: bool) -> None:
+    """Delete entries and their attempts history."""
+    if not yes:
+        _fail(ConfirmationRequired("confirmation_required", "Deleting ledger entries needs --yes."))
+    _print(_run(lambda: ledger.delete_replies(services().db, {"ids": list(ledger_ids)})))
+
+
+@replies_cli.command("export")
+@click.option("--format", "fmt", type=click.Choice(("csv", "jsonl")), default="csv")
+@_filter_options
+def replies_export(fmt: str, channel: str | None, status: str | None, since: str | None, until: str | None) -> None:
+    """Write entries to standard output as CSV or JSON lines, streamed."""
+    lines = _run(lambda: ledger.export_replies(services().db, _filters(channel, status, since, until), fmt))
+    for line in lines:
+        click.echo(line, nl=False)  # bytes: written to the binary stream as they come
+
+
+@replies_cli.command("summary")
+@_filter_options
+@click.option("--interval", default="day", type=click.Choice(("hour", "day")))
+def replies_summary(channel: str | None, status: str | None, since: str | None, until: str | None,
+                    interval: str) -> None:
+    """Counts, success rate and delivery times per interval."""
+    query = {**_filters(channel, status, since, until), "interval": interval}
+    _print(_run(lambda: ledger.summarise(services().db, query)))
 
 
 def _fail(exc: DomainError) -> NoReturn:

@@ -30,6 +30,10 @@ class Settings:
     instance_path: Path
     log_format: str = "json"
     sqlite_busy_timeout_seconds: float = 10.0
+    metrics_token: str | None = None
+    secret_overlap_seconds: int = 86400
+    stall_minutes: int = 15
+    ledger_retention_days: int = 60
 
     def __repr__(self) -> str:
         # Keep secrets out of tracebacks and debug output.
@@ -57,6 +61,10 @@ class Settings:
             instance_path=instance,
             log_format=_choice(env, "LOG_FORMAT", ("json", "text")),
             sqlite_busy_timeout_seconds=_number(env, "SQLITE_BUSY_TIMEOUT_SECONDS", 10.0, 0.1, 600.0),
+            metrics_token=env.get("METRICS_TOKEN") or None,
+            secret_overlap_seconds=int(_number(env, "SECRET_OVERLAP_SECONDS", 86400, 0, 30 * 86400, integer=True)),
+            stall_minutes=int(_number(env, "STALL_MINUTES", 15, 1, 1440, integer=True)),
+            ledger_retention_days=int(_number(env, "LEDGER_RETENTION_DAYS", 60, 7, 3650, integer=True)),
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any, Protocol
 
 from app.domain.messages import IngestResult
@@ -136,6 +137,16 @@ class NewChannel:
     shown: dict[str, Any]  # the kind's part of the creation output (secrets shown this once)
 
 
+@dataclass(frozen=True)
+class RotatedSecret:
+    """A kind's rotation of one of its secrets: what to store, and what to show once."""
+
+    settings: dict[str, Any]
+    secrets: dict[str, str | None]  # in clear; None removes a secret
+    value: str
+    previous_valid_until: datetime | None = None
+
+
 class ConnectorKind(Protocol):
     """One kind of external service: its settings, its inbound half and its outbound half."""
 
@@ -161,4 +172,9 @@ class ConnectorKind(Protocol):
 
     def outbound(self, channel: ChannelConfig) -> Connector:
         """The outbound half for a channel."""
+        ...
+
+    def rotate_secret(self, channel: ChannelConfig, which: str, overlap_until: datetime | None) -> RotatedSecret:
+        """A new `inbound` or `outbound` secret; the old inbound one may stay valid until overlap_until.
+        Raises Invalid when the kind has no such secret."""
         ...

@@ -22,6 +22,7 @@ from app.connectors.base import (
     NewChannel,
     OutboundReply,
     PermanentDeliveryError,
+    RotatedSecret,
     TransientDeliveryError,
 )
 from app.connectors.http import HttpFailure, bounded_request
@@ -86,16 +87,30 @@ class WebhookKind:
         )
 
     def read_inbound(self, channel: ChannelConfig, request: InboundRequest) -> list[dict[str, Any]]:
-        """Verify the Standard Webhooks signature over the raw body, then parse it."""
+        """Verify the Standard Webhooks signature over the raw body (with the current inbound
+        secret, or the previous one during its overlap after a rotation), then parse it."""
         headers = {name: request.headers.get(name, "") for name in SIGNATURE_HEADERS}
         try:
-            Webhook(channel.secrets["inbound_secret"]).verify(request.body, headers, json_parse=False)
-        except WebhookVerificationError as exc:
-            raise Unauthenticated("invalid_signature", f"The webhook signature is not valid: {exc}.") from None
-        except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
-            # Malformed signature headers or a body that is not UTF-8 text.
-            raise Unauthenticated("invalid_signature", "The webhook signature headers are malformed.") from None
+            _verify(channel.secrets["inbound_secret"], request.body, headers)
+        except Unauthenticated:
+            if not _previous_still_valid(channel):
+                raise
+            _verify(channel.secrets["inbound_secret_previous"], request.body, headers)
         return load_messages(parse_json_object(request.body))
+
+    def rotate_secret(self, channel: ChannelConfig, which: str, overlap_until: datetime | None) -> RotatedSecret:
+        """A new inbound secret (the old one valid until overlap_until) or outbound secret (at once)."""
+        new = new_webhook_secret()
+        settings = {key: value for key, value in channel.settings.items() if key != "inbound_previous_until"}
+        if which == "outbound":
+            if _previous_still_valid(channel):
+                settings["inbound_previous_until"] = channel.settings["inbound_previous_until"]
+            return RotatedSecret(settings, {"outbound_secret": new}, new)
+        if overlap_until is None:
+            return RotatedSecret(settings, {"inbound_secret": new, "inbound_secret_previous": None}, new)
+        settings["inbound_previous_until"] = overlap_until.isoformat()
+        secrets = {"inbound_secret": new, "inbound_secret_previous": channel.secrets["inbound_secret"]}
+        return RotatedSecret(settings, secrets, new, overlap_until)
 
     def inbound_answer(self, result: IngestResult) -> InboundAnswer:
         """200 {"accepted": [...], "duplicates": [...]}."""
@@ -108,6 +123,26 @@ class WebhookKind:
             channel.settings["outbound_url"], channel.secrets["outbound_secret"], self._http,
             allow_private=self._allow_private,
         )
+
+
+def _verify(secret: str, body: bytes, headers: dict[str, str]) -> None:
+    try:
+        Webhook(secret).verify(body, headers, json_parse=False)
+    except WebhookVerificationError as exc:
+        raise Unauthenticated("invalid_signature", f"The webhook signature is not valid: {exc}.") from None
+    except (ValueError, binascii.Error, UnicodeDecodeError, OverflowError):
+        # Malformed signature headers or a body that is not UTF-8 text.
+        raise Unauthenticated("invalid_signature", "The webhook signature headers are malformed.") from None
+
+
+def _previous_still_valid(channel: ChannelConfig) -> bool:
+    """Whether a rotated-out inbound secret is within its overlap."""
+    until = channel.settings.get("inbound_previous_until")
+    return (
+        "inbound_secret_previous" in channel.secrets
+        and isinstance(until, str)
+        and datetime.now(UTC) < datetime.fromisoformat(until)
+    )
 
 
 class WebhookConnector:

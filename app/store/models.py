@@ -78,6 +78,7 @@ class Channel(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     acked_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_pull_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # when acked_seq last moved
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # What Desk's latest authenticated pull or push carried (SPEC B3): the orgId, and the
     # securityContext as a Fernet ciphertext plus a keyed digest, so that a request can
@@ -138,6 +139,7 @@ class Reply(Base):
     __table_args__ = (
         UniqueConstraint("channel_id", "desk_reply_id"),
         Index("ix_replies_channel_external_id", "channel_id", "external_id"),
+        Index("ix_replies_status_updated_at", "status", "updated_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
@@ -172,3 +174,49 @@ class ReplyAttempt(Base):
     outcome: Mapped[str] = mapped_column(String(9))  # sent, transient, permanent
     http_status: Mapped[int | None] = mapped_column(Integer)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+# The statuses in which a job holds its unique_key: at most one such job per key.
+ACTIVE_JOB_STATUSES = ("queued", "running")
+
+
+class Job(Base):
+    """Background work (SPEC B17): claimed under a lease, retried with backoff; failed jobs are kept."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_status_run_at", "status", "run_at"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(8))  # queued, running, done, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    max_attempts: Mapped[int] = mapped_column(Integer)
+    run_at: Mapped[datetime] = mapped_column(UtcDateTime())  # when it may run (next)
+    locked_by: Mapped[str | None] = mapped_column(String(128))  # the worker holding the lease
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())  # the lease's end
+    last_error: Mapped[str | None] = mapped_column(Text)
+    unique_key: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+# A partial unique index (PostgreSQL and SQLite alike): enqueue() inserts ON CONFLICT DO NOTHING against it.
+Index(
+    "ux_jobs_unique_key_active",
+    Job.unique_key,
+    unique=True,
+    postgresql_where=Job.status.in_(ACTIVE_JOB_STATUSES),
+    sqlite_where=Job.status.in_(ACTIVE_JOB_STATUSES),
+)
+
+
+class ChannelHealth(Base):
+    """The health status the background check last computed for a channel, to log its changes."""
+
+    __tablename__ = "channel_health"
+
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(8))  # ok, stalled, disabled
+    changed_at: Mapped[datetime] = mapped_column(UtcDateTime())

@@ -284,3 +284,22 @@ def insert_attempts(conn: Connection, rows: list[dict[str, Any]]) -> None:
 def list_channels(session: Session) -> Sequence[Channel]:
     """Every channel, oldest first."""
     return session.scalars(select(Channel).order_by(Channel.created_at, Channel.id)).all()
+
+
+def oldest_waiting_at(session: Session, channel_id: str, acked_seq: int) -> datetime | None:
+    """When the oldest message Desk has not confirmed arrived, or None when none waits."""
+    return session.scalar(
+        select(InboxMessage.received_at)
+        .where(InboxMessage.channel_id == channel_id, InboxMessage.seq > acked_seq)
+        .order_by(InboxMessage.seq)
+        .limit(1)
+    )
+
+
+def replies_failed_since(session: Session, channel_id: str, since: datetime) -> int:
+    """How many of a channel's replies ended failed since a time."""
+    return session.scalar(
+        select(func.count())
+        .select_from(Reply)
+        .where(Reply.channel_id == channel_id, Reply.status == "failed", Reply.updated_at >= since)
+    ) or 0

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime, timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, validate
+from sqlalchemy.orm import Session
 
 from app.connectors import Connectors
+from app.connectors.base import ChannelConfig
 from app.desk.mapping import desk_time
-from app.domain.errors import Invalid, NotFound
+from app.domain.errors import ConfirmationRequired, Invalid, NotFound
+from app.domain.health import channel_status
 from app.keyring import Keyring, hash_token, new_token
 from app.store import queries
 from app.store.database import Database
@@ -79,15 +83,114 @@ def list_channels(db: Database) -> list[dict[str, Any]]:
         return [_summary(channel) for channel in queries.list_channels(session)]
 
 
+def show_channel(db: Database, channel_id: str, *, stall_minutes: int) -> dict[str, Any]:
+    """One channel with its sync figures and health (SPEC B10), without secrets."""
+    now = utcnow()
+    with db.session() as session:
+        channel = _get(session, channel_id)
+        oldest = queries.oldest_waiting_at(session, channel.id, channel.acked_seq)
+        failed = queries.replies_failed_since(session, channel.id, now - timedelta(hours=24))
+        return {**_summary(channel), **_health(channel, oldest, failed, now, stall_minutes)}
+
+
+class _ChannelChanges(Schema):
+    """What `channel update` may change; the connector's settings are added per kind."""
+
+    class Meta:
+        unknown = RAISE
+
+    name = Text(allow_none=True, validate=validate.Length(max=200))
+    org_id = Text(allow_none=True, validate=validate.Length(min=1, max=64))
+
+
+def update_channel(db: Database, connectors: Connectors, channel_id: str, data: Any, *, stall_minutes: int
+                   ) -> dict[str, Any]:
+    """Change a channel's name, Desk org or connector settings; the channel as `show` gives it."""
+    if not isinstance(data, dict):
+        raise Invalid("validation_error", "The changes must be a JSON object.")
+    with db.session() as session:
+        kind = connectors[_get(session, channel_id).connector]
+    fields = {name: field for name, field in kind.setting_fields().items()}
+    for field in fields.values():
+        field.required = False
+    schema = _ChannelChanges.from_dict(fields, name="ChannelChanges")()
+    changes = load(schema, data, "The changes are not valid.")
+    with db.session(write=True) as session:
+        channel = _get(session, channel_id)
+        for name in ("name", "org_id"):
+            if name in changes:
+                setattr(channel, name, changes.pop(name))
+        if changes:
+            channel.settings = {**channel.settings, **changes}
+        session.commit()
+    return show_channel(db, channel_id, stall_minutes=stall_minutes)
+
+
+ROTATABLE = ("inbound", "outbound", "desk-token")
+
+
+def rotate_secret(
+    db: Database, keyring: Keyring, connectors: Connectors, channel_id: str, which: Any, *, overlap_seconds: int
+) -> dict[str, Any]:
+    """A new secret for a channel, shown this once (SPEC B10). The old inbound secret keeps
+    verifying for `overlap_seconds`; a new desk token or outbound secret takes effect at once."""
+    if which not in ROTATABLE:
+        raise Invalid("validation_error", "The secret to rotate is not valid.",
+                      fields={"secret": [f"Must be one of: {', '.join(ROTATABLE)}."]})
+    now = utcnow()
+    with db.session(write=True) as session:
+        channel = _get(session, channel_id)
+        previous_valid_until = None
+        if which == "desk-token":
+            value = new_token()
+            channel.desk_token_hash = hash_token(value)
+        else:
+            kind = connectors[channel.connector]
+            until = now + timedelta(seconds=overlap_seconds) if which == "inbound" and overlap_seconds else None
+            rotated = kind.rotate_secret(ChannelConfig.from_row(channel, keyring.decrypt), which, until)
+            channel.settings = rotated.settings
+            stored = dict(channel.secrets)
+            for name, secret in rotated.secrets.items():
+                if secret is None:
+                    stored.pop(name, None)
+                else:
+                    stored[name] = keyring.encrypt(secret)
+            channel.secrets = stored
+            value, previous_valid_until = rotated.value, rotated.previous_valid_until
+        session.commit()
+    return {
+        "secret": which,
+        "value": value,
+        "previous_valid_until": desk_time(previous_valid_until) if previous_valid_until else None,
+    }
+
+
+def delete_channel(db: Database, channel_id: str, confirm: str | None) -> None:
+    """Delete a channel with everything stored for it; `confirm` must repeat its id."""
+    if confirm != channel_id:
+        raise ConfirmationRequired(
+            "confirmation_required",
+            f"Deleting a channel deletes its inbox and reply ledger: confirm with its id ({channel_id}).",
+        )
+    with db.session(write=True) as session:
+        session.delete(_get(session, channel_id))
+        session.commit()
+
+
 def set_enabled(db: Database, channel_id: str, enabled: bool) -> dict[str, Any]:
     """Enable or disable a channel; the channel as listed."""
     with db.session(write=True) as session:
-        channel = queries.get_channel(session, channel_id)
-        if channel is None:
-            raise NotFound("unknown_channel", f"There is no channel {channel_id}.")
+        channel = _get(session, channel_id)
         channel.enabled = enabled
         session.commit()
         return _summary(channel)
+
+
+def _get(session: Session, channel_id: str) -> Channel:
+    channel = queries.get_channel(session, channel_id)
+    if channel is None:
+        raise NotFound("unknown_channel", f"There is no channel {channel_id}.")
+    return channel
 
 
 def _summary(channel: Channel) -> dict[str, Any]:
@@ -105,6 +208,27 @@ def _summary(channel: Channel) -> dict[str, Any]:
         "last_seq": channel.last_seq,
         "acked_seq": channel.acked_seq,
         "pending_seq": channel.last_seq - channel.acked_seq,
-        "last_pull_at": desk_time(channel.last_pull_at) if channel.last_pull_at else None,
+        "last_pull_at": _time(channel.last_pull_at),
         "created_at": desk_time(channel.created_at),
     }
+
+
+def _health(
+    channel: Channel, oldest_waiting: datetime | None, failed_24h: int, now: datetime, stall_minutes: int
+) -> dict[str, Any]:
+    """SPEC B10's health figures and status."""
+    backlog = channel.last_seq - channel.acked_seq
+    status = channel_status(enabled=channel.enabled, backlog=backlog, oldest_waiting_at=oldest_waiting,
+                            acked_at=channel.acked_at, now=now, stall=timedelta(minutes=stall_minutes))
+    return {
+        "desk_org_id": channel.desk_org_id,
+        "backlog": backlog,
+        "oldest_waiting_at": _time(oldest_waiting),
+        "acked_at": _time(channel.acked_at),
+        "replies_failed_24h": failed_24h,
+        "status": status,
+    }
+
+
+def _time(moment: datetime | None) -> str | None:
+    return desk_time(moment) if moment else None

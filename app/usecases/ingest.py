@@ -7,6 +7,7 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
+from app import metrics
 from app.connectors import Connectors
 from app.connectors.base import ChannelConfig, InboundAnswer, InboundRequest
 from app.domain.errors import NotFound
@@ -29,7 +30,7 @@ def receive_inbound(
         row = queries.channel_row(conn, channel_id)
     if row is None:
         raise NotFound("unknown_channel", "There is no such channel.")
-    kind = connectors[row.connector]
+    kind = metrics.counting_inbound(connectors[row.connector])
     messages = kind.read_inbound(ChannelConfig.from_row(row, keyring.decrypt), request)
     return kind.inbound_answer(ingest_messages(db, channel_id, messages))
 

@@ -53,6 +53,8 @@ def pull(
     now = utcnow()
     changes = context_changes(keyring, channel, caller, now)
     acked_grows = acked is not None and acked > channel.acked_seq
+    if acked_grows:
+        changes["acked_at"] = now
     if changes or acked_grows or channel.last_pull_at is None or now - channel.last_pull_at >= LAST_PULL_RESOLUTION:
         with db.write() as conn:
             queries.record_pull(conn, channel.id, acked, now, changes)

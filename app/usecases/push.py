@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import Connection, Row
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 
+from app import metrics
 from app.connectors import Connectors
 from app.connectors.base import ChannelConfig, Connector, Delivered, DeliveryError, OutboundReply
 from app.desk.auth import DeskCaller, context_changes
@@ -110,11 +111,14 @@ def _reclaim(
     """Claim an existing entry for a new delivery (committed before it), or say why not."""
     entry = queries.lock_reply(conn, channel_id, desk_reply_id)
     if entry.status == "sent":
+        metrics.push_settled("already_sent")
         return _sent(entry, entry.external_id, entry.sent_at or entry.updated_at)
-    in_flight_until = (entry.attempt_started_at or now) + timedelta(seconds=deadline_seconds + 1)
-    if entry.status == "pending" and now < in_flight_until:
+    # A pending entry without an attempt started is queued for a retry (SPEC B10), not in flight.
+    started = entry.attempt_started_at
+    if entry.status == "pending" and started is not None and now < started + timedelta(seconds=deadline_seconds + 1):
+        metrics.push_settled("conflict")
         raise Conflict("reply_in_progress", "This reply is being delivered right now; ask again in a few seconds.")
-    # failed (the caller asked again), or pending left behind by a crash
+    # failed (the caller asked again), queued for a retry, or pending left behind by a crash
     queries.reclaim_reply(conn, entry.id, now)
     return entry
 
@@ -135,6 +139,7 @@ def _deliver_claimed(
         else:
             queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="failed", now=now,
                                    last_error=outcome.message)
+    metrics.push_delivered(outcome, claimed_at)
     if isinstance(outcome, Delivered):
         return ReplyOutcome(entry.id, "sent", len(attempts), sent=_sent(entry, external_id, now))
     return ReplyOutcome(entry.id, "failed", len(attempts), reason=outcome.message, transient=outcome.transient)
@@ -179,12 +184,14 @@ def deliver_paced(
         except DeliveryError as exc:
             kind = "transient" if exc.transient else "permanent"
             attempts.append(AttemptRecord(started, _ms_since(began), kind, exc.http_status, exc.message))
+            metrics.delivery_attempt(kind)
             log.warning(
                 "delivery attempt %d failed (%s): %s", len(attempts), kind, exc.message,
                 extra={"channel_id": reply.channel_id, "reply_id": reply.reply_id},
             )
             raise
         attempts.append(AttemptRecord(started, _ms_since(began), "sent", delivered.http_status, None))
+        metrics.delivery_attempt("sent")
         return delivered
 
     def wait(state: RetryCallState) -> float:

@@ -1,0 +1,198 @@
+"""Marshmallow schemas of the admin API's answers (SPEC B7, B8, B10), for its OpenAPI document
+(app/web/openapi.py); the use cases build the answers as plain dicts, these describe them.
+
+Every field an answer always carries is `required` (nullable ones `allow_none`), and a schema
+refuses unknown fields, so the document says `additionalProperties: false`: a key added to an
+answer without being described here fails tests/test_openapi.py. Also here: the two inputs the
+web layer reads without a use-case schema (the rotate body and the export query).
+"""
+
+from __future__ import annotations
+
+from marshmallow import Schema, fields, validate
+
+from app.usecases.channels import ROTATABLE
+from app.usecases.ledger import STATUSES, LedgerFilter
+
+CHANNEL_STATES = ("enabled", "disabled")
+HEALTH_STATUSES = ("ok", "stalled", "disabled")
+ATTEMPT_OUTCOMES = ("sent", "transient", "permanent")
+EXPORT_FORMATS = ("csv", "jsonl")
+
+
+class PathParameters(Schema):
+    """The admin API's path parameters; a route takes those its URL rule names (`only=`)."""
+
+    channel_id = fields.String(required=True, metadata={"examples": ["ch_x7Jq0aR2s9T1vW3yZ5b8cQ"]})
+    ledger_id = fields.Integer(required=True, metadata={"description": "deskbridge's ledger id."})
+
+
+# ---------------------------------------------------------------- errors (SPEC B8)
+
+
+class Error(Schema):
+    """Every error answer."""
+
+    error = fields.String(required=True, metadata={"description": "A stable code.", "examples": ["validation_error"]})
+    message = fields.String(required=True, metadata={"description": "Readable text."})
+    field_errors = fields.Dict(keys=fields.String(), data_key="fields", metadata={
+        "description": "Validation errors only: the messages per field (nested for list items and objects)."})
+
+
+# ---------------------------------------------------------------- channels
+
+
+class DeskCredentials(Schema):
+    channelId = fields.String(required=True)
+    channelToken = fields.String(required=True, metadata={"description": "Shown only at creation and rotation."})
+
+
+class InboundShown(Schema):
+    path = fields.String(required=True, metadata={"examples": ["/inbound/ch_abc"]})
+    secret = fields.String(required=True, metadata={"description": "whsec_..., shown only at creation."})
+
+
+class OutboundShown(Schema):
+    url = fields.String(required=True)
+    secret = fields.String(required=True, metadata={"description": "whsec_..., shown only at creation."})
+
+
+class OutboundUrl(Schema):
+    url = fields.String(required=True)
+
+
+class CreatedChannel(Schema):
+    """`channel create`'s output: the channel's secrets, shown this once."""
+
+    id = fields.String(required=True, metadata={"examples": ["ch_x7Jq0aR2s9T1vW3yZ5b8cQ"]})
+    name = fields.String(required=True, allow_none=True)
+    org_id = fields.String(required=True, allow_none=True)
+    desk = fields.Nested(DeskCredentials, required=True)
+    inbound = fields.Nested(InboundShown, metadata={"description": "webhook connector."})
+    outbound = fields.Nested(OutboundShown, metadata={"description": "webhook connector."})
+
+
+class ChannelSummary(Schema):
+    """A channel as listed: state and sync figures, no secrets."""
+
+    id = fields.String(required=True)
+    name = fields.String(required=True, allow_none=True)
+    org_id = fields.String(required=True, allow_none=True)
+    connector = fields.String(required=True)
+    state = fields.String(required=True, validate=validate.OneOf(CHANNEL_STATES))
+    outbound = fields.Nested(OutboundUrl, metadata={"description": "Connectors that deliver to an outbound URL."})
+    last_seq = fields.Integer(required=True, metadata={"description": "The newest inbox message."})
+    acked_seq = fields.Integer(required=True, metadata={"description": "The highest cursor Desk has sent back."})
+    pending_seq = fields.Integer(required=True, metadata={"description": "last_seq - acked_seq."})
+    last_pull_at = fields.DateTime(required=True, allow_none=True)
+    created_at = fields.DateTime(required=True)
+
+
+class ChannelList(Schema):
+    channels = fields.List(fields.Nested(ChannelSummary), required=True)
+
+
+class ChannelDetail(ChannelSummary):
+    """A channel as `channel show` gives it: the summary plus health (SPEC B10)."""
+
+    desk_org_id = fields.String(required=True, allow_none=True)
+    backlog = fields.Integer(required=True)
+    oldest_waiting_at = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "The oldest message Desk has not been given."})
+    acked_at = fields.DateTime(required=True, allow_none=True)
+    replies_failed_24h = fields.Integer(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(HEALTH_STATUSES))
+
+
+class DeleteChannelQuery(Schema):
+    confirm = fields.String(metadata={"description": "The channel's id again; without it the answer is 400 "
+                                                     "confirmation_required."})
+
+
+class RotateRequest(Schema):
+    """Which secret to rotate (the web layer checks it by hand)."""
+
+    secret = fields.String(required=True, validate=validate.OneOf(ROTATABLE))
+
+
+class RotatedSecret(Schema):
+    secret = fields.String(required=True, validate=validate.OneOf(ROTATABLE))
+    value = fields.String(required=True, metadata={"description": "The new secret, shown this once."})
+    previous_valid_until = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "Until when the old inbound secret still verifies (SECRET_OVERLAP_SECONDS)."})
+
+
+# ---------------------------------------------------------------- the reply ledger
+
+
+class LedgerEntry(Schema):
+    """A reply ledger entry (no content: it is the customer's conversation)."""
+
+    id = fields.Integer(required=True)
+    channel_id = fields.String(required=True)
+    desk_reply_id = fields.String(required=True)
+    status = fields.String(required=True, validate=validate.OneOf(STATUSES))
+    attempts = fields.Integer(required=True)
+    last_error = fields.String(required=True, allow_none=True)
+    external_id = fields.String(required=True, allow_none=True)
+    delivery_status = fields.String(required=True, allow_none=True,
+                                    metadata={"description": "A provider's later delivery report."})
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+    sent_at = fields.DateTime(required=True, allow_none=True)
+
+
+class LedgerPage(Schema):
+    items = fields.List(fields.Nested(LedgerEntry), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page."})
+
+
+class Attempt(Schema):
+    started_at = fields.DateTime(required=True)
+    duration_ms = fields.Integer(required=True)
+    outcome = fields.String(required=True, validate=validate.OneOf(ATTEMPT_OUTCOMES))
+    http_status = fields.Integer(required=True, allow_none=True)
+    error = fields.String(required=True, allow_none=True)
+
+
+class LedgerEntryDetail(LedgerEntry):
+    attempts_history = fields.List(fields.Nested(Attempt), required=True,
+                                   metadata={"description": "One element per attempt, oldest first."})
+
+
+class Skipped(Schema):
+    id = fields.Integer(required=True)
+    reason = fields.String(required=True, metadata={"examples": ["already sent", "not found"]})
+
+
+class RetryAnswer(Schema):
+    queued = fields.List(fields.Integer(), required=True)
+    skipped = fields.List(fields.Nested(Skipped), required=True)
+
+
+class DeleteAnswer(Schema):
+    deleted = fields.Integer(required=True)
+
+
+class ExportQuery(LedgerFilter):
+    format = fields.String(load_default="csv", validate=validate.OneOf(EXPORT_FORMATS))
+
+
+class Counts(Schema):
+    pending = fields.Integer(required=True)
+    sent = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+
+
+class Interval(Schema):
+    start = fields.DateTime(required=True)
+    channel_id = fields.String(metadata={"description": "When grouped per channel (no channel filter)."})
+    counts = fields.Nested(Counts, required=True)
+    success_rate = fields.Float(required=True, allow_none=True,
+                                metadata={"description": "sent / (sent + failed); null when both are 0."})
+    p50_ms = fields.Integer(required=True, allow_none=True)
+    p95_ms = fields.Integer(required=True, allow_none=True)
+
+
+class Summary(Schema):
+    intervals = fields.List(fields.Nested(Interval), required=True)
