@@ -33,7 +33,7 @@ from bench import machine, whatif
 from bench.database import fresh_database, seed_inbox, seed_inboxes, seeded_rows_differences
 from bench.load import Client, WrkSettings, ensure_wrk
 from bench.payloads import batch_body, signed_headers
-from bench.servers import ROOT, GunicornSettings, Server, start_gunicorn, start_receiver
+from bench.servers import ROOT, GunicornSettings, Process, Server, start_gunicorn, start_receiver
 
 RESULTS = ROOT / "bench" / "results"
 SMALL_INBOX = 1000
@@ -66,6 +66,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--wait-quiet", type=float, default=60.0,
                         help="before each figure, wait up to this many seconds for other work to leave the CPUs "
                         "(default 60; 0: do not wait)")
+    parser.add_argument("--without-worker", action="store_true",
+                        help="do not run a background worker beside deskbridge (make run runs one)")
     parser.add_argument("--figures", default=ALL_FIGURES, help="which figures to measure, e.g. 'ab' (default abcde)")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the JSON results (default bench/results/latest.json, "
@@ -131,6 +133,11 @@ def main(argv: list[str] | None = None) -> int:
         desk_app = "bench.whatif_wsgi:app" if args.what_if else "wsgi:app"
         desk = start_gunicorn("deskbridge", desk_app, gunicorn, env, workdir)
         stack.callback(desk.stop)
+        if not args.without_worker:
+            # As `make run`: one background worker beside the web server (idle here: it polls the job table).
+            worker = Process("worker", [sys.executable, "-m", "flask", "--app", "wsgi", "worker"], env,
+                             workdir / "worker.log")
+            stack.callback(worker.stop)
         bare = start_gunicorn("baseline", "bench.baseline:app", gunicorn, env, workdir)
         stack.callback(bare.stop)
         _verify_seeding(services, desk, channels)

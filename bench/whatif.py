@@ -11,6 +11,8 @@ upstream refuses to apply (ValueError) rather than measure something else.
   while the table was small (app/store/database.py make_engine: connect_args).
 - orjson-json: the engine (de)serializes JSON columns with orjson instead of the json
   module (app/store/database.py make_engine: json_serializer, json_deserializer).
+- no-access-log, no-metrics: what the access line and the request metrics cost (features
+  SPEC B17 asks for; measured, not meant to be turned off).
 
 To add one: a function that patches a module attribute, checks that the attribute
 still is what it expects, and an entry in PATCHES.
@@ -67,9 +69,31 @@ def orjson_json() -> None:
     _engine_options(change)
 
 
+def no_access_log() -> None:
+    """What the access line (one JSON line per request, SPEC B17) costs: it is not written."""
+    from app import logging as app_logging
+
+    if not hasattr(app_logging, "ACCESS_LOGGER"):
+        raise ValueError("app.logging has no ACCESS_LOGGER any more: update bench/whatif.py")
+    import logging
+
+    logging.getLogger(app_logging.ACCESS_LOGGER).disabled = True
+
+
+def no_metrics() -> None:
+    """What the request metrics cost: /metrics and its request hooks are not installed."""
+    from app.web import metrics
+
+    if not hasattr(metrics, "init_metrics"):
+        raise ValueError("app.web.metrics has no init_metrics any more: update bench/whatif.py")
+    metrics.init_metrics = lambda app: None  # type: ignore[assignment]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
     "custom-plans": custom_plans,
     "orjson-json": orjson_json,
+    "no-access-log": no_access_log,
+    "no-metrics": no_metrics,
 }
 
 
