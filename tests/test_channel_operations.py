@@ -259,3 +259,39 @@ def test_cli_delete_without_yes_changes_nothing(app, channel) -> None:
     assert cli_json(app, "show", channel["id"])["id"] == channel["id"]
     assert cli_json(app, "delete", channel["id"], "--yes") == {"deleted": channel["id"]}
     assert cli(app, "show", channel["id"]).exit_code == 1
+
+
+def test_an_inbound_secret_rotated_while_messages_keep_arriving_loses_none_of_them(app, channel) -> None:
+    import threading
+
+    rotation: dict[str, Any] = {}
+    rotated = threading.Event()
+    statuses: list[int] = []
+
+    def external_service() -> None:
+        # Sends throughout: during the rotation, after it with the old secret (it has not
+        # switched yet), then with the new one.
+        client = app.test_client()
+        for n in range(120):
+            if n == 60:
+                assert rotated.wait(30)
+            secret = rotation["value"] if n >= 90 else channel["inbound"]["secret"]
+            statuses.append(send(client, channel, f"m{n:03d}", secret).status_code)
+
+    sender = threading.Thread(target=external_service)
+    sender.start()
+    answer = app.test_client().post(f"/api/channels/{channel['id']}/rotate", headers=AUTH, json={"secret": "inbound"})
+    rotation.update(answer.json)
+    rotated.set()
+    sender.join(60)
+
+    assert answer.status_code == 200
+    assert statuses == [200] * 120
+    ids: list[str] = []
+    state = None
+    while True:
+        batch, state = pulled_ids(app.test_client(), channel, state)
+        if not batch:
+            break
+        ids += batch
+    assert sorted(ids) == [f"m{n:03d}" for n in range(120)]
