@@ -34,6 +34,9 @@ class Settings:
     secret_overlap_seconds: int = 86400
     stall_minutes: int = 15
     ledger_retention_days: int = 60
+    desk_extension_secret: str | None = None
+    desk_capture_dir: Path | None = None
+    public_base_url: str | None = None
 
     def __repr__(self) -> str:
         # Keep secrets out of tracebacks and debug output.
@@ -65,6 +68,9 @@ class Settings:
             secret_overlap_seconds=int(_number(env, "SECRET_OVERLAP_SECONDS", 86400, 0, 30 * 86400, integer=True)),
             stall_minutes=int(_number(env, "STALL_MINUTES", 15, 1, 1440, integer=True)),
             ledger_retention_days=int(_number(env, "LEDGER_RETENTION_DAYS", 60, 7, 3650, integer=True)),
+            desk_extension_secret=env.get("DESK_EXTENSION_SECRET") or None,
+            desk_capture_dir=Path(env["DESK_CAPTURE_DIR"]) if env.get("DESK_CAPTURE_DIR") else None,
+            public_base_url=_public_base_url(env, allow_plain_http=_flag(env, "ALLOW_PRIVATE_OUTBOUND")),
         )
 
 
@@ -135,6 +141,25 @@ def _number(
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
     return value
+
+
+def _public_base_url(env: Mapping[str, str], *, allow_plain_http: bool) -> str | None:
+    """PUBLIC_BASE_URL: https://host[:port][/prefix] (plain http only with ALLOW_PRIVATE_OUTBOUND)."""
+    from urllib.parse import urlsplit
+
+    raw = (env.get("PUBLIC_BASE_URL") or "").strip()
+    if not raw:
+        return None
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError:
+        raise ConfigError("PUBLIC_BASE_URL is not a URL") from None
+    schemes = ("https", "http") if allow_plain_http else ("https",)
+    if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
+        plain = " (http only with ALLOW_PRIVATE_OUTBOUND=true)" if not allow_plain_http else ""
+        raise ConfigError(f"PUBLIC_BASE_URL must look like https://host[:port][/path]{plain}, got {raw!r}")
+    return raw.rstrip("/")
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:

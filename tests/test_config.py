@@ -130,3 +130,25 @@ def test_the_run_command_stops_on_a_malformed_value_with_one_line_naming_it(tmp_
     assert name in lines[0] and "Traceback" not in done.stderr
     assert "topsecret" not in done.stderr
     assert done.stdout == ""
+
+
+def test_desk_extension_settings_are_read(tmp_path):
+    settings = Settings.from_env({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k",
+                                  "DESK_EXTENSION_SECRET": "ext-secret", "DESK_CAPTURE_DIR": str(tmp_path / "cap"),
+                                  "PUBLIC_BASE_URL": "https://desk.example.com/bridge/"})
+    assert settings.desk_extension_secret == "ext-secret"
+    assert settings.desk_capture_dir == tmp_path / "cap"
+    assert settings.public_base_url == "https://desk.example.com/bridge"
+    assert "ext-secret" not in repr(settings)
+
+
+@pytest.mark.parametrize("url", ["http://desk.example.com", "ftp://x", "https://", "https://x/?a=1", "not a url"])
+def test_public_base_url_must_be_https(tmp_path, url):
+    with pytest.raises(ConfigError, match="PUBLIC_BASE_URL"):
+        Settings.from_env({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k", "PUBLIC_BASE_URL": url})
+
+
+def test_plain_http_public_base_url_is_allowed_for_local_trials(tmp_path):
+    settings = Settings.from_env({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k", "ALLOW_PRIVATE_OUTBOUND": "true",
+                                  "PUBLIC_BASE_URL": "http://127.0.0.1:8000"})
+    assert settings.public_base_url == "http://127.0.0.1:8000"
