@@ -20,9 +20,11 @@ def create_app(
 ) -> Flask:
     """Assemble the application; `overrides` take precedence over the environment, and
     `connectors` replace or add connector kinds by name (tests inject fakes here)."""
-    from app.cli import channel_cli, replies_cli
+    from app.cli import channel_cli, installation_cli, replies_cli
+    from app.cli_extension import extension_cli
     from app.jobs.cli import worker_cli
     from app.web.admin import admin_api
+    from app.web.capture import init_capture
     from app.web.desk import desk
     from app.web.errors import register_error_handlers
     from app.web.health import health
@@ -48,7 +50,10 @@ def create_app(
     for blueprint in (health, desk, inbound, admin_api):
         app.register_blueprint(blueprint)
     init_metrics(app)
+    init_capture(app, settings)
     app.cli.add_command(channel_cli)
     app.cli.add_command(worker_cli)
     app.cli.add_command(replies_cli)
+    app.cli.add_command(installation_cli)
+    app.cli.add_command(extension_cli)
     return app

@@ -1,4 +1,5 @@
-"""`flask --app wsgi channel ...`: create, list, show, update, disable, enable, rotate, delete (SPEC B7, B10)."""
+"""`flask --app wsgi channel ...`: create, list, show, update, disable, enable, rotate, delete (SPEC B7, B10);
+`replies ...` (the reply ledger) and `installation list` (SPEC B12)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from app.connectors import CONNECTOR_TYPES
 from app.domain.errors import ConfirmationRequired, DomainError
 from app.services import services
 from app.store.database import DatabaseUnavailable
-from app.usecases import channels, ledger
+from app.usecases import channels, installations, ledger
 
 channel_cli = AppGroup("channel", help="Create and manage channels.")
 T = TypeVar("T")
@@ -198,6 +199,19 @@ def replies_summary(channel: str | None, status: str | None, since: str | None, 
     """Counts, success rate and delivery times per interval."""
     query = {**_filters(channel, status, since, until), "interval": interval}
     _print(_run(lambda: ledger.summarise(services().db, query)))
+
+
+installation_cli = AppGroup("installation", help="See the Desk installations that platform callbacks recorded.")
+
+
+@installation_cli.command("list")
+@click.option("--limit", default=None, help="Installations per page (default 50, at most 250).")
+@click.option("--cursor", default=None, help="The next_cursor of the previous page.")
+def installation_list(limit: str | None, cursor: str | None) -> None:
+    """List installations newest first, with their channels (never a securityContext)."""
+    query = {name: value for name, value in (("limit", limit), ("cursor", cursor)) if value is not None}
+    page = _run(lambda: installations.list_installations(services().db, query))
+    _print({"items": page.items, "next_cursor": page.next_cursor})
 
 
 def _fail(exc: DomainError) -> NoReturn:

@@ -69,7 +69,7 @@ class Settings:
             stall_minutes=int(_number(env, "STALL_MINUTES", 15, 1, 1440, integer=True)),
             ledger_retention_days=int(_number(env, "LEDGER_RETENTION_DAYS", 60, 7, 3650, integer=True)),
             desk_extension_secret=env.get("DESK_EXTENSION_SECRET") or None,
-            desk_capture_dir=Path(env["DESK_CAPTURE_DIR"]) if env.get("DESK_CAPTURE_DIR") else None,
+            desk_capture_dir=_writable_dir(env, "DESK_CAPTURE_DIR"),
             public_base_url=_public_base_url(env, allow_plain_http=_flag(env, "ALLOW_PRIVATE_OUTBOUND")),
         )
 
@@ -141,6 +141,23 @@ def _number(
     if not low <= value <= high:
         raise ConfigError(f"{name} must be between {low:g} and {high:g}, got {raw!r}")
     return value
+
+
+def _writable_dir(env: Mapping[str, str], name: str) -> Path | None:
+    """A folder the service writes into, created now: one that cannot be written stops the start."""
+    import tempfile
+
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return None
+    directory = Path(raw)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".probe-"):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"{name} {raw!r} cannot be written: {exc.strerror or type(exc).__name__}") from None
+    return directory
 
 
 def _public_base_url(env: Mapping[str, str], *, allow_plain_http: bool) -> str | None:

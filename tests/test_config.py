@@ -152,3 +152,16 @@ def test_plain_http_public_base_url_is_allowed_for_local_trials(tmp_path):
     settings = Settings.from_env({"INSTANCE_PATH": str(tmp_path), "SECRET_KEY": "k", "ALLOW_PRIVATE_OUTBOUND": "true",
                                   "PUBLIC_BASE_URL": "http://127.0.0.1:8000"})
     assert settings.public_base_url == "http://127.0.0.1:8000"
+
+
+def test_an_unwritable_capture_folder_stops_the_run_command_with_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    env = {key: val for key, val in os.environ.items() if key not in ("DATABASE_URL", "SECRET_KEY")}
+    env.update({"INSTANCE_PATH": str(tmp_path), "DESK_CAPTURE_DIR": str(blocker / "capture")})
+    done = subprocess.run(
+        [sys.executable, "-m", "app.serve"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "DESK_CAPTURE_DIR" in lines[0], done.stderr

@@ -1,4 +1,4 @@
-"""SQLAlchemy models: channels, conversations, the inbox, the reply ledger and its attempts."""
+"""SQLAlchemy models: channels, conversations, the inbox, the reply ledger and its attempts, jobs, installations."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    event,
 )
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -87,6 +88,9 @@ class Channel(Base):
     desk_context: Mapped[str | None] = mapped_column(Text)
     desk_context_digest: Mapped[str | None] = mapped_column(String(64))
     desk_context_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # "uninstall" while the channel is disabled because its Desk org uninstalled the extension
+    # (SPEC B12): a later install enables exactly these again, not those an operator disabled.
+    disabled_by: Mapped[str | None] = mapped_column(String(16))
 
 
 class Conversation(Base):
@@ -220,3 +224,44 @@ class ChannelHealth(Base):
     channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
     status: Mapped[str] = mapped_column(String(8))  # ok, stalled, disabled
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+@event.listens_for(Channel.enabled, "set")
+def _enabled_by_hand(channel: Channel, value: bool, old: bool, initiator: Any) -> None:
+    """An enable or disable through the ORM (an operator's) makes the channel the operator's
+    again: a later install must not enable a channel that was disabled by hand since."""
+    channel.disabled_by = None
+
+
+# "Open in source" of a ticket (SPEC B13): the first message of a conversation that has a
+# permalink. Partial: messages without one (most connectors' messages) cost ingest nothing.
+Index(
+    "ix_inbox_messages_permalinks",
+    InboxMessage.channel_id,
+    InboxMessage.conversation_ext_id,
+    InboxMessage.seq,
+    postgresql_where=InboxMessage.permalink.is_not(None),
+    sqlite_where=InboxMessage.permalink.is_not(None),
+)
+
+INSTALLATION_STATUSES = ("installed", "uninstalled")
+
+
+class Installation(Base):
+    """What Desk's platform callbacks told us of one Desk org's installation (SPEC B12)."""
+
+    __tablename__ = "installations"
+    __table_args__ = (Index("ix_installations_created_at", "created_at", "org_id"),)
+
+    org_id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    status: Mapped[str] = mapped_column(String(11))  # installed, uninstalled
+    installed_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # the latest install
+    uninstalled_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # the latest uninstall
+    last_event: Mapped[str] = mapped_column(String(64))
+    last_event_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    # The newest securityContext of a callback, a Fernet ciphertext plus a keyed digest (as on
+    # channels): never shown, never logged.
+    security_context: Mapped[str | None] = mapped_column(Text)
+    security_context_digest: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())

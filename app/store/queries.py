@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, Row, bindparam, func, insert, select, union, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, func, insert, or_, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.store.models import Channel, Conversation, InboxMessage, Reply, ReplyAttempt
+from app.store.models import Channel, Conversation, InboxMessage, Installation, Reply, ReplyAttempt
 
 # The request paths run Core statements on a plain Connection, built once with bound
 # parameters: building a statement, loading ORM objects or keeping an ORM session
@@ -303,3 +303,124 @@ def replies_failed_since(session: Session, channel_id: str, since: datetime) -> 
         .select_from(Reply)
         .where(Reply.channel_id == channel_id, Reply.status == "failed", Reply.updated_at >= since)
     ) or 0
+
+
+# ---------------------------------------------------------------- installations (SPEC B12, B13)
+
+_installations = Installation.__table__
+
+
+def in_desk_org(org_id: str) -> ColumnElement[bool]:
+    """Whether a channel belongs to a Desk org: its configured org_id, else its recorded desk_org_id (SPEC B3)."""
+    return or_(_channels.c.org_id == org_id, and_(_channels.c.org_id.is_(None), _channels.c.desk_org_id == org_id))
+
+
+def lock_installation(conn: Connection, org_id: str) -> Row[Any] | None:
+    """An org's installation row, locked until commit, or None."""
+    return conn.execute(select(_installations).where(_installations.c.org_id == org_id).with_for_update()).first()
+
+
+def insert_installation(conn: Connection, row: dict[str, Any]) -> bool:
+    """Insert an installation unless its org has one already (a concurrent callback); whether it did."""
+    stmt = {"sqlite": sqlite_insert, "postgresql": pg_insert}[conn.dialect.name](_installations)
+    inserted = conn.execute(stmt.on_conflict_do_nothing(index_elements=["org_id"]).returning(_installations.c.org_id),
+                            row)
+    return inserted.first() is not None
+
+
+def update_installation(conn: Connection, org_id: str, values: dict[str, Any]) -> None:
+    """Write some columns of an installation."""
+    conn.execute(update(_installations).where(_installations.c.org_id == org_id).values(**values))
+
+
+def disable_for_uninstall(conn: Connection, org_id: str) -> list[str]:
+    """Disable the enabled channels of a Desk org, marked as disabled by its uninstall; their ids."""
+    stmt = (
+        update(_channels)
+        .where(in_desk_org(org_id), _channels.c.enabled.is_(True))
+        .values(enabled=False, disabled_by="uninstall")
+        .returning(_channels.c.id)
+    )
+    return sorted(conn.execute(stmt).scalars())
+
+
+def enable_after_install(conn: Connection, org_id: str) -> list[str]:
+    """Enable the channels of a Desk org that its uninstall disabled (not those disabled by hand); their ids."""
+    stmt = (
+        update(_channels)
+        .where(in_desk_org(org_id), _channels.c.enabled.is_(False), _channels.c.disabled_by == "uninstall")
+        .values(enabled=True, disabled_by=None)
+        .returning(_channels.c.id)
+    )
+    return sorted(conn.execute(stmt).scalars())
+
+
+def record_org_context(conn: Connection, org_id: str, ciphertext: str, digest: str, now: datetime) -> None:
+    """Make a securityContext the newest of every channel of a Desk org (those that do not hold it already)."""
+    conn.execute(
+        update(_channels)
+        .where(in_desk_org(org_id), or_(_channels.c.desk_context_digest.is_(None),
+                                        _channels.c.desk_context_digest != digest))
+        .values(desk_context=ciphertext, desk_context_digest=digest, desk_context_at=now)
+    )
+
+
+def installations_page(conn: Connection, limit: int, after: tuple[datetime, str] | None) -> Sequence[Row[Any]]:
+    """Installations newest first (by when first recorded), after a (created_at, org_id) position."""
+    stmt = select(_installations).order_by(_installations.c.created_at.desc(), _installations.c.org_id.desc())
+    if after is not None:
+        created_at, org_id = after
+        stmt = stmt.where(or_(_installations.c.created_at < created_at,
+                              and_(_installations.c.created_at == created_at, _installations.c.org_id < org_id)))
+    return conn.execute(stmt.limit(limit)).all()
+
+
+def channels_of_desk_orgs(conn: Connection, org_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The channel ids of each Desk org, oldest channel first."""
+    if not org_ids:
+        return {}
+    org = func.coalesce(_channels.c.org_id, _channels.c.desk_org_id)
+    stmt = select(_channels.c.id, org.label("org")).where(org.in_(list(org_ids))).order_by(
+        _channels.c.created_at, _channels.c.id)
+    found: dict[str, list[str]] = {}
+    for row in conn.execute(stmt):
+        found.setdefault(row.org, []).append(row.id)
+    return found
+
+
+def channel_ids(conn: Connection, org_id: str | None) -> list[str]:
+    """The ids of a Desk org's channels, or of every channel when org_id is None, oldest first."""
+    stmt = select(_channels.c.id).order_by(_channels.c.created_at, _channels.c.id)
+    if org_id is not None:
+        stmt = stmt.where(in_desk_org(org_id))
+    return list(conn.execute(stmt).scalars())
+
+
+def message_permalinks(
+    conn: Connection, channel_ids: Sequence[str], ext_id: str, conversation_ext_id: str | None
+) -> dict[str, str | None]:
+    """The permalink (or None) of the inbox message ext_id in each of these channels that has it."""
+    stmt = select(_inbox.c.channel_id, _inbox.c.permalink).where(
+        _inbox.c.channel_id.in_(list(channel_ids)), _inbox.c.ext_id == ext_id)
+    if conversation_ext_id is not None:
+        stmt = stmt.where(_inbox.c.conversation_ext_id == conversation_ext_id)
+    return {row.channel_id: row.permalink for row in conn.execute(stmt)}
+
+
+def conversation_channels(conn: Connection, channel_ids: Sequence[str], ext_id: str) -> set[str]:
+    """Which of these channels have a conversation ext_id."""
+    stmt = select(_conversations.c.channel_id).where(
+        _conversations.c.channel_id.in_(list(channel_ids)), _conversations.c.ext_id == ext_id)
+    return set(conn.execute(stmt).scalars())
+
+
+def first_permalinks(conn: Connection, channel_id: str, conversation_ext_id: str, limit: int) -> list[str]:
+    """The permalinks of a conversation's first messages that have one, lowest seq first (the partial index)."""
+    stmt = (
+        select(_inbox.c.permalink)
+        .where(_inbox.c.channel_id == channel_id, _inbox.c.conversation_ext_id == conversation_ext_id,
+               _inbox.c.permalink.is_not(None))
+        .order_by(_inbox.c.seq)
+        .limit(limit)
+    )
+    return list(conn.execute(stmt).scalars())

@@ -1,4 +1,4 @@
-"""The admin API behind a bearer token (SPEC B7, B10): channels and their operations."""
+"""The admin API behind a bearer token (SPEC B7, B10, B12): channels and their operations, installations."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from app.domain.errors import Invalid, NotFound, Unauthenticated
 from app.services import services
-from app.usecases import channels, ledger
+from app.usecases import channels, installations, ledger
 from app.validation import parse_json_object
 from app.web.body import read_body
 from app.web.errors import json_response
@@ -122,6 +122,12 @@ def export_replies() -> Response:
 @admin_api.get("/replies/summary")
 def replies_summary() -> Response:
     return json_response(ledger.summarise(services().db, request.args.to_dict()))
+
+
+@admin_api.get("/installations")
+def list_installations() -> Response:
+    page = installations.list_installations(services().db, request.args.to_dict())
+    return json_response({"items": page.items, "next_cursor": page.next_cursor})
 
 
 @admin_api.get("/openapi.json")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
+from app.store.models import INSTALLATION_STATUSES
 from app.usecases.channels import ROTATABLE
 from app.usecases.ledger import STATUSES, LedgerFilter
 
@@ -196,3 +197,26 @@ class Interval(Schema):
 
 class Summary(Schema):
     intervals = fields.List(fields.Nested(Interval), required=True)
+
+
+# ---------------------------------------------------------------- installations (SPEC B12)
+
+
+class Installation(Schema):
+    """A Desk org's installation as platform callbacks recorded it (never its securityContext)."""
+
+    org_id = fields.String(required=True, metadata={"examples": ["28732"]})
+    status = fields.String(required=True, validate=validate.OneOf(INSTALLATION_STATUSES))
+    installed_at = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "The latest install; null for an org first heard of by a revoke or an uninstall."})
+    uninstalled_at = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "The latest uninstall (kept after a later install, whose installed_at is later)."})
+    last_event = fields.String(required=True, metadata={"examples": ["onInstall"]})
+    last_event_at = fields.DateTime(required=True)
+    channels = fields.List(fields.String(), required=True, metadata={
+        "description": "The ids of the org's channels: configured org_id, else the orgId Desk last sent."})
+
+
+class InstallationPage(Schema):
+    items = fields.List(fields.Nested(Installation), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page."})

@@ -29,7 +29,7 @@ from werkzeug.routing import Rule
 
 from app.connectors.base import ConnectorKind
 from app.metrics import build_version
-from app.usecases import channels, ledger
+from app.usecases import channels, installations, ledger
 from app.web import api_schemas as answers
 
 API_PREFIX = "/api/"
@@ -142,6 +142,10 @@ def operations(kinds: Mapping[str, ConnectorKind]) -> dict[tuple[str, str], Oper
             "Counts, success rate and delivery times per hour or day", "replies", 200, answers.Summary,
             query=ledger.SummaryQuery, errors=(*ALWAYS, 422),
             description="Grouped per channel unless filtered to one."),
+        ("admin_api.list_installations", "GET"): Operation(
+            "List the Desk installations that platform callbacks recorded, with their channels", "installations",
+            200, answers.InstallationPage, query=installations.InstallationsQuery, errors=(*ALWAYS, 422),
+            description=f"Newest first (by when an org was first heard of). {entries} Never a securityContext."),
         ("admin_api.openapi_document", "GET"): Operation(
             "This document", "meta", 200, content={"application/json": fields.Dict()},
             errors=(404,), public=True, description="Needs no token; 404 while ADMIN_TOKEN is unset."),
@@ -205,9 +209,9 @@ def build_spec(app: Flask) -> APISpec:
         version=build_version(),
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
-        info={"description": "Channels and the reply ledger (SPEC B7, B10), behind `Authorization: Bearer "
-                             "<ADMIN_TOKEN>`. Every error answer is `{\"error\", \"message\"}` plus `fields` for "
-                             "validation errors. The API answers 404 while ADMIN_TOKEN is unset."},
+        info={"description": "Channels, the reply ledger and installations (SPEC B7, B10, B12), behind "
+                             "`Authorization: Bearer <ADMIN_TOKEN>`. Every error answer is `{\"error\", \"message\"}` "
+                             "plus `fields` for validation errors. The API answers 404 while ADMIN_TOKEN is unset."},
         security=[{SECURITY_SCHEME: []}],
     )
     spec.components.security_scheme(SECURITY_SCHEME, {"type": "http", "scheme": "bearer",
@@ -221,7 +225,7 @@ def build_spec(app: Flask) -> APISpec:
                                                    "schema": plugin.converter.field2property(fields.Integer())}}
         spec.components.response(name, response)
     for tag, description in (("channels", "Channels (SPEC B7, B10)"), ("replies", "The reply ledger (SPEC B10)"),
-                             ("meta", "About the API itself")):
+                             ("installations", "Desk installations (SPEC B12)"), ("meta", "About the API itself")):
         spec.tag({"name": tag, "description": description})
     described = operations(app.extensions["deskbridge"].connectors)
     paths: dict[str, dict[str, Any]] = {}
