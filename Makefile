@@ -23,7 +23,7 @@ run: $(BIN)/.runtime
 ## Lint, then the whole test suite (PostgreSQL too when TEST_DATABASE_URL is set).
 test: $(BIN)/.dev
 	$(BIN)/ruff check app tests bench migrations wsgi.py gunicorn.conf.py
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto
 
 ## The SPEC C2 benchmark (see bench/README.md); pass flags with ARGS="--database-url ...".
 bench: $(BIN)/.dev
