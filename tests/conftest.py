@@ -25,8 +25,9 @@ from app import create_app
 from app.usecases.channels import create_channel
 from tests.support import desk_pull_body, desk_push_body, services, signed_headers
 
-# The receiver's fixtures (receiver, hooked) serve the push and echo tests.
-pytest_plugins = ["tests.receiver"]
+# Fixtures of the stand-ins: the receiver (receiver, hooked), the Desk emulator (desk_emulator),
+# the real gunicorn (start_live_server).
+pytest_plugins = ["tests.receiver", "tests.desk_emulator", "tests.live_server"]
 
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_DATABASE_URL")

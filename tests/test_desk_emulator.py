@@ -15,7 +15,6 @@ import orjson
 import pytest
 from flask import Flask
 
-import tests.desk_emulator as emulator
 from tests.desk_emulator import (
     AFTER_APPLY_DROP,
     BEFORE_APPLY_DROP,
@@ -32,7 +31,6 @@ from tests.desk_emulator import (
 from tests.desk_simulator import message
 from tests.support import signed_headers
 
-desk_emulator = emulator.desk_emulator  # the fixture, shared with other modules
 
 @dataclass
 class Reply:
