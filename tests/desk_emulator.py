@@ -262,13 +262,13 @@ class DeskEmulator:
         now = time.monotonic()
         result: dict[str, list[dict[str, Any]]] = {"tickets": [], "threads": []}
         with self._changed:
-            for ticket in sync["data"]["tickets"]:
+            for ticket in sync["data"].get("tickets", []):
                 ext_id = ticket.get("extId") if isinstance(ticket, dict) else None
                 if not isinstance(ext_id, str) or not ext_id:
                     self.errors.append(f"{source}: a ticket without an extId: {ticket!r:.200}")
                     continue
                 result["tickets"].append(self._store("ticket", self.tickets, ext_id, ticket))
-            for thread in sync["data"]["threads"]:
+            for thread in sync["data"].get("threads", []):
                 ext_id = thread.get("extId") if isinstance(thread, dict) else None
                 if not isinstance(ext_id, str) or not ext_id:
                     self.errors.append(f"{source}: a thread without an extId: {thread!r:.200}")
