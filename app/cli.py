@@ -43,10 +43,14 @@ def _run(action: Callable[[], T]) -> T:
 @click.option("--outbound-url", required=True, help="Where agent replies are delivered.")
 @click.option("--name", default=None, help="A name for operators.")
 @click.option("--org-id", default=None, help="The Desk orgId this channel is limited to.")
-def create(connector: str, outbound_url: str, name: str | None, org_id: str | None) -> None:
+@click.option("--desk-domain", default=None,
+              help="Zoho Desk's data centre: desk.zoho.com (default), desk.zoho.eu, desk.zoho.in, ...")
+def create(connector: str, outbound_url: str, name: str | None, org_id: str | None, desk_domain: str | None) -> None:
     """Create a channel and print its credentials (shown only now)."""
     svc = services()
     data = {"connector": connector, "outbound_url": outbound_url, "name": name, "org_id": org_id}
+    if desk_domain is not None:
+        data["desk_domain"] = desk_domain
     _print(_run(lambda: channels.create_channel(svc.db, svc.keyring, svc.connectors, data)))
 
 
@@ -83,7 +87,9 @@ def show(channel_id: str) -> None:
 @click.option("--name", default=None, help="A new name.")
 @click.option("--org-id", default=None, help="The Desk orgId the channel is limited to ('' for none).")
 @click.option("--outbound-url", default=None, help="A new URL for agent replies (webhook).")
-def update(channel_id: str, name: str | None, org_id: str | None, outbound_url: str | None) -> None:
+@click.option("--desk-domain", default=None, help="Zoho Desk's data centre (desk.zoho.eu, ...).")
+def update(channel_id: str, name: str | None, org_id: str | None, outbound_url: str | None,
+           desk_domain: str | None) -> None:
     """Change a channel's name, Desk org or connector settings."""
     svc = services()
     changes: dict[str, Any] = {}
@@ -93,6 +99,8 @@ def update(channel_id: str, name: str | None, org_id: str | None, outbound_url: 
         changes["org_id"] = org_id or None
     if outbound_url is not None:
         changes["outbound_url"] = outbound_url
+    if desk_domain is not None:
+        changes["desk_domain"] = desk_domain
     _print(_run(lambda: channels.update_channel(svc.db, svc.connectors, channel_id, changes,
                                                 stall_minutes=svc.settings.stall_minutes)))
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 from marshmallow import Schema, ValidationError, fields
@@ -74,3 +76,31 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise MalformedRequest("invalid_json", "The request body must be a JSON object.")
     return body
+
+
+DEFAULT_DESK_DOMAIN = "desk.zoho.com"
+_HOST = re.compile(r"(?=.{1,253}$)([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}", re.IGNORECASE)
+
+
+class DeskDomain(Text):
+    """Zoho Desk's data centre for a channel (SPEC B14): a host name (`desk.zoho.eu`, https
+    implied) or a base URL `https://host[:port]`; `http://` is for a local emulator and needs
+    ALLOW_PRIVATE_OUTBOUND (checked by the use case, which knows the setting)."""
+
+    default_error_messages = {
+        "desk_domain": "Must be a host name such as desk.zoho.eu, or a base URL https://host[:port].",
+    }
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> str:
+        text = super()._deserialize(value, attr, data, **kwargs).strip().rstrip("/")
+        if _HOST.fullmatch(text):
+            return text.lower()
+        try:
+            parts = urlsplit(text)
+            parts.port  # noqa: B018 (raises on a malformed port)
+        except ValueError:
+            raise self.make_error("desk_domain") from None
+        if parts.scheme not in ("https", "http") or not parts.hostname or parts.path or parts.query \
+                or parts.fragment or parts.username or parts.password:
+            raise self.make_error("desk_domain")
+        return f"{parts.scheme}://{parts.netloc.lower()}"

@@ -295,3 +295,41 @@ def test_an_inbound_secret_rotated_while_messages_keep_arriving_loses_none_of_th
             break
         ids += batch
     assert sorted(ids) == [f"m{n:03d}" for n in range(120)]
+
+
+# --- desk_domain (SPEC B14: the Zoho Desk data centre) ----------------------------------------------
+
+
+def test_a_channel_is_in_desk_zoho_com_unless_told_otherwise(app, client, channel) -> None:
+    assert cli_json(app, "show", channel["id"])["desk_domain"] == "desk.zoho.com"
+    created = app.test_cli_runner().invoke(args=["channel", "create", "--connector", "webhook", "--outbound-url",
+                                                 "http://127.0.0.1:9/x", "--desk-domain", "Desk.Zoho.EU"])
+    assert created.exit_code == 0, created.stderr
+    assert cli_json(app, "show", json.loads(created.output)["id"])["desk_domain"] == "desk.zoho.eu"
+
+
+@pytest.mark.parametrize("value", ["desk.zoho.in", "https://desk.zoho.com.au", "https://127.0.0.1:8443/"])
+def test_desk_domain_is_a_host_name_or_an_https_base_url(client, channel, value) -> None:
+    answer = client.patch(f"/api/channels/{channel['id']}", headers=AUTH, json={"desk_domain": value})
+    assert answer.status_code == 200, answer.json
+    assert answer.json["desk_domain"] == value.lower().rstrip("/")
+
+
+@pytest.mark.parametrize("value", ["", "desk zoho", "ftp://desk.zoho.com", "https://desk.zoho.com/api", "localhost",
+                                   "https://u:p@desk.zoho.com", 5])
+def test_a_desk_domain_that_is_neither_is_refused(client, channel, value) -> None:
+    answer = client.patch(f"/api/channels/{channel['id']}", headers=AUTH, json={"desk_domain": value})
+    assert answer.status_code == 422 and "desk_domain" in answer.json["fields"]
+
+
+def test_a_plain_http_desk_base_url_needs_allow_private_outbound(make_app, new_channel) -> None:
+    strict = make_app(ALLOW_PRIVATE_OUTBOUND="false")
+    channel = new_channel(outbound_url="https://93.184.216.34/hook")
+    refused = strict.test_client().patch(f"/api/channels/{channel['id']}", headers=AUTH,
+                                         json={"desk_domain": "http://127.0.0.1:8123"})
+    assert refused.status_code == 422
+    assert "ALLOW_PRIVATE_OUTBOUND" in refused.json["fields"]["desk_domain"][0]
+    relaxed = make_app(ALLOW_PRIVATE_OUTBOUND="true")
+    allowed = relaxed.test_client().patch(f"/api/channels/{channel['id']}", headers=AUTH,
+                                          json={"desk_domain": "http://127.0.0.1:8123"})
+    assert (allowed.status_code, allowed.json["desk_domain"]) == (200, "http://127.0.0.1:8123")

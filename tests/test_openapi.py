@@ -192,7 +192,7 @@ def test_channel_bodies_follow_the_apps_connector_kinds(make_app) -> None:
     assert set(webhook["required"]) == {"connector", "outbound_url"}
     assert webhook["additionalProperties"] is False
     changes = document["components"]["schemas"]["WebhookChannelChanges"]
-    assert set(changes["properties"]) == {"name", "org_id", "outbound_url"} and "required" not in changes
+    assert set(changes["properties"]) == {"name", "org_id", "desk_domain", "outbound_url"} and "required" not in changes
 
 
 # ---------------------------------------------------------------- serving it

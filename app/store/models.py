@@ -74,6 +74,8 @@ class Channel(Base):
     settings: Mapped[dict[str, Any]] = mapped_column(JSON)
     secrets: Mapped[dict[str, str]] = mapped_column(JSON)
     desk_token_hash: Mapped[str] = mapped_column(String(64))
+    # Zoho Desk's data centre (SPEC B14): a host name, or a base URL for a local emulator.
+    desk_domain: Mapped[str] = mapped_column(String(255), default="desk.zoho.com", server_default="desk.zoho.com")
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     # last_seq doubles as the per-channel sequence counter; its row is the lock.
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)

@@ -19,9 +19,9 @@ from app.store import queries
 from app.store.database import Database
 from app.store.models import Channel
 from app.usecases.clock import utcnow
-from app.validation import Text, load
+from app.validation import DEFAULT_DESK_DOMAIN, DeskDomain, Text, load
 
-COMMON_FIELDS = ("connector", "name", "org_id")
+COMMON_FIELDS = ("connector", "name", "org_id", "desk_domain")
 
 
 class _CommonFields(Schema):
@@ -32,6 +32,7 @@ class _CommonFields(Schema):
 
     name = Text(load_default=None, allow_none=True, validate=validate.Length(max=200))
     org_id = Text(load_default=None, allow_none=True, validate=validate.Length(min=1, max=64))
+    desk_domain = DeskDomain(load_default=DEFAULT_DESK_DOMAIN)
 
 
 def new_channel_id() -> str:
@@ -49,6 +50,7 @@ def create_channel(db: Database, keyring: Keyring, connectors: Connectors, data:
     kind = connectors[kind_name]
     schema = _CommonFields.from_dict(dict(kind.setting_fields()), name=f"New{kind_name.title()}Channel")()
     fields = load(schema, {k: v for k, v in data.items() if k != "connector"}, "The channel is not valid.")
+    _check_plain_http(fields.get("desk_domain"), connectors.allow_private)
     channel_id = new_channel_id()
     token = new_token()
     parts = kind.new_channel(channel_id, {k: v for k, v in fields.items() if k not in COMMON_FIELDS})
@@ -56,6 +58,7 @@ def create_channel(db: Database, keyring: Keyring, connectors: Connectors, data:
         id=channel_id,
         name=fields["name"],
         org_id=fields["org_id"],
+        desk_domain=fields["desk_domain"],
         connector=kind_name,
         settings=parts.settings,
         secrets={name: keyring.encrypt(value) for name, value in parts.secrets.items()},
@@ -101,6 +104,7 @@ class _ChannelChanges(Schema):
 
     name = Text(allow_none=True, validate=validate.Length(max=200))
     org_id = Text(allow_none=True, validate=validate.Length(min=1, max=64))
+    desk_domain = DeskDomain()
 
 
 def update_channel(db: Database, connectors: Connectors, channel_id: str, data: Any, *, stall_minutes: int
@@ -115,9 +119,10 @@ def update_channel(db: Database, connectors: Connectors, channel_id: str, data: 
         field.required = False
     schema = _ChannelChanges.from_dict(fields, name="ChannelChanges")()
     changes = load(schema, data, "The changes are not valid.")
+    _check_plain_http(changes.get("desk_domain"), connectors.allow_private)
     with db.session(write=True) as session:
         channel = _get(session, channel_id)
-        for name in ("name", "org_id"):
+        for name in ("name", "org_id", "desk_domain"):
             if name in changes:
                 setattr(channel, name, changes.pop(name))
         if changes:
@@ -186,6 +191,13 @@ def set_enabled(db: Database, channel_id: str, enabled: bool) -> dict[str, Any]:
         return _summary(channel)
 
 
+def _check_plain_http(desk_domain: str | None, allow_private: bool) -> None:
+    """A plain-http Desk base URL is for a local emulator only (SPEC B14)."""
+    if desk_domain and desk_domain.startswith("http://") and not allow_private:
+        raise Invalid("validation_error", "The channel is not valid.", fields={"desk_domain": [
+            "A plain http:// base URL needs ALLOW_PRIVATE_OUTBOUND=true (a local Desk emulator); use https."]})
+
+
 def _get(session: Session, channel_id: str) -> Channel:
     channel = queries.get_channel(session, channel_id)
     if channel is None:
@@ -200,6 +212,7 @@ def _summary(channel: Channel) -> dict[str, Any]:
         "org_id": channel.org_id,
         "connector": channel.connector,
         "state": "enabled" if channel.enabled else "disabled",
+        "desk_domain": channel.desk_domain,
     }
     if "outbound_url" in channel.settings:
         summary["outbound"] = {"url": channel.settings["outbound_url"]}

@@ -81,6 +81,8 @@ class ChannelSummary(Schema):
     org_id = fields.String(required=True, allow_none=True)
     connector = fields.String(required=True)
     state = fields.String(required=True, validate=validate.OneOf(CHANNEL_STATES))
+    desk_domain = fields.String(required=True, metadata={
+        "description": "The Zoho Desk data centre: a host name (https implied) or a base URL."})
     outbound = fields.Nested(OutboundUrl, metadata={"description": "Connectors that deliver to an outbound URL."})
     last_seq = fields.Integer(required=True, metadata={"description": "The newest inbox message."})
     acked_seq = fields.Integer(required=True, metadata={"description": "The highest cursor Desk has sent back."})
