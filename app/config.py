@@ -12,6 +12,15 @@ INSTANCE_DIR = Path(__file__).resolve().parent.parent / "instance"
 MAX_PULL_BATCH = 1000
 
 
+# Every variable Settings reads (tests give a server exactly the ones they choose).
+VARIABLES = (
+    "DATABASE_URL", "SECRET_KEY", "ADMIN_TOKEN", "PUSH_DEADLINE_SECONDS", "PULL_BATCH_LIMIT",
+    "ALLOW_PRIVATE_OUTBOUND", "MAX_BODY_BYTES", "INSTANCE_PATH", "LOG_FORMAT", "SQLITE_BUSY_TIMEOUT_SECONDS",
+    "METRICS_TOKEN", "SECRET_OVERLAP_SECONDS", "STALL_MINUTES", "LEDGER_RETENTION_DAYS", "DESK_EXTENSION_SECRET",
+    "DESK_CAPTURE_DIR", "PUBLIC_BASE_URL",
+)
+
+
 class ConfigError(ValueError):
     """A configuration value is missing or malformed."""
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -104,3 +105,17 @@ class DeskDomain(Text):
                 or parts.fragment or parts.username or parts.password:
             raise self.make_error("desk_domain")
         return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+class IsoTimeInUtc(fields.DateTime):
+    """An ISO-8601 time loaded as UTC; a time without a zone is taken as UTC."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
+        moment = super()._deserialize(value, attr, data, **kwargs)
+        if moment.tzinfo is None:
+            return moment.replace(tzinfo=UTC)
+        try:
+            return moment.astimezone(UTC)
+        except OverflowError:
+            # e.g. 0001-01-01T00:30+01:00: no such time in UTC.
+            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None

@@ -26,26 +26,14 @@ from typing import IO, Any
 import orjson
 import pytest
 
+from app.config import VARIABLES
 from tests.conftest import ADMIN_TOKEN, ROOT
 
 # make_app's key (tests/conftest.py): channels the `channel` fixture creates are readable here.
 SECRET_KEY = "test-secret-key"
 BOOT_SECONDS = 60
 # Variables the service or gunicorn read: the server gets only those set below.
-SERVICE_VARIABLES = (
-    "DATABASE_URL",
-    "SECRET_KEY",
-    "ADMIN_TOKEN",
-    "PUSH_DEADLINE_SECONDS",
-    "PULL_BATCH_LIMIT",
-    "ALLOW_PRIVATE_OUTBOUND",
-    "MAX_BODY_BYTES",
-    "INSTANCE_PATH",
-    "BIND",
-    "WEB_CONCURRENCY",
-    "THREADS",
-    "GUNICORN_CMD_ARGS",
-)
+SERVICE_VARIABLES = (*VARIABLES, "BIND", "WEB_CONCURRENCY", "THREADS", "GUNICORN_CMD_ARGS", "PROMETHEUS_MULTIPROC_DIR")
 LISTENING = re.compile(r"Listening at: http://127\.0\.0\.1:(\d+)")
 
 

@@ -9,20 +9,12 @@ import sys
 
 import pytest
 
-from app.config import ConfigError, Settings
+from app.config import VARIABLES, ConfigError, Settings
 from tests.conftest import ROOT
 
 
 def test_defaults_use_sqlite_in_the_instance_folder_and_generate_a_kept_secret_key(tmp_path, monkeypatch):
-    for name in (
-        "DATABASE_URL",
-        "SECRET_KEY",
-        "ADMIN_TOKEN",
-        "PUSH_DEADLINE_SECONDS",
-        "PULL_BATCH_LIMIT",
-        "ALLOW_PRIVATE_OUTBOUND",
-        "MAX_BODY_BYTES",
-    ):
+    for name in VARIABLES:
         monkeypatch.delenv(name, raising=False)
     first = Settings.from_env({"INSTANCE_PATH": str(tmp_path)})
     assert first.database_url == f"sqlite:///{tmp_path / 'deskbridge.sqlite3'}"
@@ -165,3 +157,4 @@ def test_an_unwritable_capture_folder_stops_the_run_command_with_one_line(tmp_pa
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "DESK_CAPTURE_DIR" in lines[0], done.stderr
+

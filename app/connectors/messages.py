@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from marshmallow import (
@@ -16,7 +15,7 @@ from marshmallow import (
 )
 
 from app.domain.errors import Invalid
-from app.validation import Text, str_keys
+from app.validation import IsoTimeInUtc, Text, str_keys
 
 MAX_BATCH = 100
 
@@ -28,20 +27,6 @@ def _not_blank(value: str) -> None:
 
 _ID = [validate.Length(min=1, max=255), _not_blank]
 _URL = [validate.URL(schemes={"http", "https"}, require_tld=False), validate.Length(max=2048)]
-
-
-class IsoTimeInUtc(fields.DateTime):
-    """An ISO-8601 time loaded as UTC; a time without a zone is taken as UTC."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        moment = super()._deserialize(value, attr, data, **kwargs)
-        if moment.tzinfo is None:
-            return moment.replace(tzinfo=UTC)
-        try:
-            return moment.astimezone(UTC)
-        except OverflowError:
-            # e.g. 0001-01-01T00:30+01:00: no such time in UTC.
-            raise self.make_error("invalid", input=value, obj_type=self.OBJ_TYPE) from None
 
 
 class StrictBoolean(fields.Boolean):

@@ -19,6 +19,11 @@ def desk_time(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(tzinfo=None).isoformat(timespec="milliseconds") + "Z"
 
 
+def optional_desk_time(moment: datetime | None) -> str | None:
+    """desk_time, or None for a time not known."""
+    return desk_time(moment) if moment else None
+
+
 def actor(author: dict[str, Any] | None, conversation_id: str) -> dict[str, str]:
     """A Desk actor from a message author, with only the fields that are known.
 

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from app.connectors import Connectors
 from app.connectors.base import ChannelConfig
-from app.desk.mapping import desk_time
+from app.desk.mapping import desk_time, optional_desk_time
 from app.domain.errors import ConfirmationRequired, Invalid, NotFound
 from app.domain.health import channel_status
 from app.keyring import Keyring, hash_token, new_token
@@ -166,7 +166,7 @@ def rotate_secret(
     return {
         "secret": which,
         "value": value,
-        "previous_valid_until": desk_time(previous_valid_until) if previous_valid_until else None,
+        "previous_valid_until": optional_desk_time(previous_valid_until),
     }
 
 
@@ -221,7 +221,7 @@ def _summary(channel: Channel) -> dict[str, Any]:
         "last_seq": channel.last_seq,
         "acked_seq": channel.acked_seq,
         "pending_seq": channel.last_seq - channel.acked_seq,
-        "last_pull_at": _time(channel.last_pull_at),
+        "last_pull_at": optional_desk_time(channel.last_pull_at),
         "created_at": desk_time(channel.created_at),
     }
 
@@ -236,12 +236,9 @@ def _health(
     return {
         "desk_org_id": channel.desk_org_id,
         "backlog": backlog,
-        "oldest_waiting_at": _time(oldest_waiting),
-        "acked_at": _time(channel.acked_at),
+        "oldest_waiting_at": optional_desk_time(oldest_waiting),
+        "acked_at": optional_desk_time(channel.acked_at),
         "replies_failed_24h": failed_24h,
         "status": status,
     }
 
-
-def _time(moment: datetime | None) -> str | None:
-    return desk_time(moment) if moment else None

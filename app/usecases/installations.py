@@ -3,30 +3,27 @@
 
 from __future__ import annotations
 
-import base64
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import urlsplit
 
-from marshmallow import RAISE, Schema, fields, validate
 from sqlalchemy import Connection, Row
 
 from app.desk import callbacks
 from app.desk.auth import ORG_ID
 from app.desk.callbacks import Callback
-from app.desk.mapping import desk_time
-from app.domain.errors import Invalid
+from app.desk.mapping import desk_time, optional_desk_time
 from app.keyring import Keyring
 from app.store import queries
 from app.store.database import Database
 from app.usecases.clock import utcnow
-from app.validation import Text, load
+from app.usecases.paging import Page, PageQuery, decode_cursor, encode_cursor, not_a_cursor
+from app.validation import load
 
 log = logging.getLogger(__name__)
 
-MAX_LIMIT = 250
 ENTITIES = ("ticket", "thread")
 MAX_EXT_ID = 255
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -101,20 +98,8 @@ def _printable(value: Any) -> str:
 # ---------------------------------------------------------------- the installations list
 
 
-class InstallationsQuery(Schema):
+class InstallationsQuery(PageQuery):
     """`GET /api/installations` and `installation list`: a page at a time."""
-
-    class Meta:
-        unknown = RAISE
-
-    cursor = Text(validate=validate.Length(max=200))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_LIMIT))
-
-
-@dataclass(frozen=True)
-class Page:
-    items: list[dict[str, Any]]
-    next_cursor: str | None
 
 
 def list_installations(db: Database, query: Any) -> Page:
@@ -134,8 +119,8 @@ def _item(row: Row[Any], channel_ids: list[str]) -> dict[str, Any]:
     return {
         "org_id": row.org_id,
         "status": row.status,
-        "installed_at": _time(row.installed_at),
-        "uninstalled_at": _time(row.uninstalled_at),
+        "installed_at": optional_desk_time(row.installed_at),
+        "uninstalled_at": optional_desk_time(row.uninstalled_at),
         "last_event": row.last_event,
         "last_event_at": desk_time(row.last_event_at),
         "channels": channel_ids,
@@ -144,22 +129,17 @@ def _item(row: Row[Any], channel_ids: list[str]) -> dict[str, Any]:
 
 def _encode_cursor(created_at: datetime, org_id: str) -> str:
     micros = (created_at - _EPOCH) // timedelta(microseconds=1)
-    return base64.urlsafe_b64encode(f"i{micros}:{org_id}".encode()).decode().rstrip("=")
+    return encode_cursor("i", f"{micros}:{org_id}")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        micros, sep, org_id = text[1:].partition(":")
-        if text[:1] == "i" and sep and micros.isdigit() and ORG_ID.fullmatch(org_id):
+    micros, sep, org_id = decode_cursor("i", cursor).partition(":")
+    if sep and micros.isdigit() and ORG_ID.fullmatch(org_id):
+        try:
             return _EPOCH + timedelta(microseconds=int(micros)), org_id
-    except (ValueError, UnicodeDecodeError, OverflowError):
-        pass
-    raise Invalid("validation_error", "The query is not valid.", fields={"cursor": ["Not a cursor this API gave."]})
-
-
-def _time(moment: datetime | None) -> str | None:
-    return desk_time(moment) if moment else None
+        except OverflowError:
+            pass
+    raise not_a_cursor()
 
 
 # ---------------------------------------------------------------- open in source

@@ -3,11 +3,9 @@ SalesIQ's webhooks API: list, show with the attempts history, retry, delete, exp
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -15,29 +13,21 @@ import orjson
 from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
 from sqlalchemy import Select, delete, select, update
 
-from app.desk.mapping import desk_time
+from app.desk.mapping import desk_time, optional_desk_time
 from app.domain.errors import Invalid, NotFound
 from app.jobs.queue import enqueue
 from app.store.database import Database
 from app.store.models import Reply, ReplyAttempt
 from app.usecases.clock import utcnow
-from app.validation import Text, load
+from app.usecases.paging import Page, PageQuery, decode_cursor, encode_cursor, not_a_cursor
+from app.validation import IsoTimeInUtc, Text, load
 
 MAX_RETRY_IDS = 99
 MAX_DELETE_IDS = 300
-MAX_LIMIT = 250
 MAX_RETRY_BY_FILTER = 10_000
 STATUSES = ("pending", "sent", "failed")
 EXPORT_COLUMNS = ("id", "channel_id", "desk_reply_id", "status", "attempts", "last_error", "external_id",
                   "delivery_status", "created_at", "updated_at", "sent_at")
-
-
-class _Time(fields.DateTime):
-    """An ISO-8601 time; one without a zone is UTC."""
-
-    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> datetime:
-        moment = super()._deserialize(value, attr, data, **kwargs)
-        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 class LedgerFilter(Schema):
@@ -48,13 +38,12 @@ class LedgerFilter(Schema):
 
     channel = Text(validate=validate.Length(min=1, max=64))
     status = Text(validate=validate.OneOf(STATUSES))
-    since = _Time(format="iso")
-    until = _Time(format="iso")
+    since = IsoTimeInUtc(format="iso")
+    until = IsoTimeInUtc(format="iso")
 
 
-class ListQuery(LedgerFilter):
-    cursor = Text(validate=validate.Length(max=64))
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=MAX_LIMIT))
+class ListQuery(LedgerFilter, PageQuery):
+    """The filters, and a page."""
 
 
 class SummaryQuery(LedgerFilter):
@@ -81,12 +70,6 @@ class DeleteRequest(Schema):
                       validate=validate.Length(min=1, max=MAX_DELETE_IDS))
 
 
-@dataclass(frozen=True)
-class Page:
-    items: list[dict[str, Any]]
-    next_cursor: str | None
-
-
 def entry(reply: Reply) -> dict[str, Any]:
     """A ledger entry as operators see it (no content: it is the customer's conversation)."""
     return {
@@ -100,7 +83,7 @@ def entry(reply: Reply) -> dict[str, Any]:
         "delivery_status": None,  # a provider's later delivery report (SPEC B15), once connectors send one
         "created_at": desk_time(reply.created_at),
         "updated_at": desk_time(reply.updated_at),
-        "sent_at": _time(reply.sent_at),
+        "sent_at": optional_desk_time(reply.sent_at),
     }
 
 
@@ -109,12 +92,15 @@ def list_replies(db: Database, query: Any) -> Page:
     params = load(ListQuery(), query, "The query is not valid.")
     statement = _filtered(select(Reply), params).order_by(Reply.id.desc()).limit(params["limit"] + 1)
     if "cursor" in params:
-        statement = statement.where(Reply.id < _decode_cursor(params["cursor"]))
+        position = decode_cursor("r", params["cursor"])
+        if not position.isdigit():
+            raise not_a_cursor()
+        statement = statement.where(Reply.id < int(position))
     with db.session() as session:
         rows = list(session.scalars(statement))
     more = len(rows) > params["limit"]
     rows = rows[: params["limit"]]
-    return Page([entry(row) for row in rows], _encode_cursor(rows[-1].id) if more else None)
+    return Page([entry(row) for row in rows], encode_cursor("r", str(rows[-1].id)) if more else None)
 
 
 def show_reply(db: Database, ledger_id: Any) -> dict[str, Any]:
@@ -253,20 +239,6 @@ def _ledger_id(value: Any) -> int:
     return ledger_id
 
 
-def _encode_cursor(last_id: int) -> str:
-    return base64.urlsafe_b64encode(f"r{last_id}".encode()).decode().rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> int:
-    try:
-        text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if text[:1] == "r" and text[1:].isdigit():
-            return int(text[1:])
-    except (ValueError, UnicodeDecodeError):
-        pass
-    raise Invalid("validation_error", "The query is not valid.", fields={"cursor": ["Not a cursor this API gave."]})
-
-
 def _bucket(moment: datetime, interval: str) -> datetime:
     moment = moment.astimezone(UTC)
     return moment.replace(minute=0, second=0, microsecond=0) if interval == "hour" else moment.replace(
@@ -286,6 +258,3 @@ def _csv_line(values: Any) -> bytes:
     csv.writer(out).writerow(["" if value is None else value for value in values])
     return out.getvalue().encode()
 
-
-def _time(moment: datetime | None) -> str | None:
-    return desk_time(moment) if moment else None

@@ -57,7 +57,7 @@ def domain_error_response(error: domain.DomainError) -> Response:
     response = error_response(status_of(error), error.code, error.message, error.fields)
     if isinstance(error, domain.Unavailable):
         response.headers["Retry-After"] = str(error.retry_after)
-    if isinstance(error, (domain.TooLarge, domain.MalformedRequest)) and error.code != "invalid_json":
+    if isinstance(error, domain.TooLarge) or error.code == "malformed_body":
         # The body was left unread (or cannot be read): the connection cannot carry another
         # request. The server's worker turns this into its own Connection: close.
         response.headers["Connection"] = "close"
