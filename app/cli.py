@@ -79,7 +79,8 @@ def enable(channel_id: str) -> None:
 def show(channel_id: str) -> None:
     """Show a channel with its sync figures and health."""
     svc = services()
-    _print(_run(lambda: channels.show_channel(svc.db, channel_id, stall_minutes=svc.settings.stall_minutes)))
+    _print(_run(lambda: channels.show_channel(svc.db, channel_id, stall_minutes=svc.settings.stall_minutes,
+                                              extension_secret=svc.settings.desk_extension_secret)))
 
 
 @channel_cli.command("update")
@@ -102,7 +103,8 @@ def update(channel_id: str, name: str | None, org_id: str | None, outbound_url: 
     if desk_domain is not None:
         changes["desk_domain"] = desk_domain
     _print(_run(lambda: channels.update_channel(svc.db, svc.connectors, channel_id, changes,
-                                                stall_minutes=svc.settings.stall_minutes)))
+                                                stall_minutes=svc.settings.stall_minutes,
+                                                extension_secret=svc.settings.desk_extension_secret)))
 
 
 @channel_cli.command("rotate")

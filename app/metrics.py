@@ -36,6 +36,7 @@ from app.domain.errors import DomainError
 from app.domain.messages import IngestResult
 from app.store.database import Database, DatabaseUnavailable
 from app.store.models import Channel, InboxMessage, UtcDateTime
+from app.store.queries import SYNCED_SEQ
 from app.usecases.clock import utcnow
 
 if TYPE_CHECKING:
@@ -240,12 +241,13 @@ def read_database_gauges(conn: Connection, now: datetime, stall_minutes: int) ->
 
 def _channels_by_status(conn: Connection, now: datetime, stall_minutes: int) -> dict[str, int]:
     """disabled: not enabled; stalled: messages wait, the oldest for STALL_MINUTES or more, and no
-    pull moved acked_seq for as long; else ok. One statement, one index probe per waiting channel."""
+    pull moved acked_seq nor an import succeeded for as long; else ok. One statement, one index probe per
+    waiting channel."""
     cutoff = now - timedelta(minutes=stall_minutes)
     channels, inbox = Channel.__table__, InboxMessage.__table__
     oldest_waiting = (
         select(inbox.c.received_at)
-        .where(inbox.c.channel_id == channels.c.id, inbox.c.seq > channels.c.acked_seq)
+        .where(inbox.c.channel_id == channels.c.id, inbox.c.seq > SYNCED_SEQ)
         .order_by(inbox.c.seq)
         .limit(1)
         .scalar_subquery()
@@ -254,8 +256,9 @@ def _channels_by_status(conn: Connection, now: datetime, stall_minutes: int) -> 
         (channels.c.enabled.is_(False), "disabled"),
         (
             and_(
-                channels.c.last_seq > channels.c.acked_seq,
+                channels.c.last_seq > SYNCED_SEQ,
                 or_(channels.c.acked_at.is_(None), channels.c.acked_at <= cutoff),
+                or_(channels.c.last_import_at.is_(None), channels.c.last_import_at <= cutoff),
                 oldest_waiting <= cutoff,
             ),
             "stalled",

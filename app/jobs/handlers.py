@@ -13,12 +13,14 @@ from typing import Any
 from sqlalchemy import String, Table, and_, cast, delete, exists, func, literal, select
 from sqlalchemy.dialects import postgresql, sqlite
 
+from app.desk.invoke import InvokeClient
 from app.domain.errors import Conflict, NotFound
-from app.domain.health import channel_status
+from app.domain.health import channel_status, synced_at, synced_seq
 from app.jobs.queue import enqueue
 from app.services import Services
 from app.store import queries
 from app.store.models import ACTIVE_JOB_STATUSES, Channel, ChannelHealth, InboxMessage, Job, Reply
+from app.usecases import imports
 from app.usecases.clock import utcnow
 from app.usecases.push import deliver_reply
 
@@ -116,7 +118,7 @@ def check_channel_health(svc: Services, payload: Mapping[str, Any]) -> None:
     stall = timedelta(minutes=svc.settings.stall_minutes)
     oldest_waiting = (
         select(InboxMessage.received_at)
-        .where(InboxMessage.channel_id == Channel.id, InboxMessage.seq > Channel.acked_seq)
+        .where(InboxMessage.channel_id == Channel.id, InboxMessage.seq > queries.SYNCED_SEQ)
         .order_by(InboxMessage.seq)
         .limit(1)
         .correlate(Channel)
@@ -124,24 +126,27 @@ def check_channel_health(svc: Services, payload: Mapping[str, Any]) -> None:
     )
     with svc.db.read() as conn:
         channels = conn.execute(
-            select(Channel.id, Channel.enabled, Channel.last_seq, Channel.acked_seq, Channel.acked_at,
-                   oldest_waiting.label("oldest_waiting_at"), ChannelHealth.status.label("last_status"))
+            select(Channel.id, Channel.enabled, Channel.last_seq, Channel.acked_seq, Channel.imported_seq,
+                   Channel.acked_at, Channel.last_import_at, oldest_waiting.label("oldest_waiting_at"),
+                   ChannelHealth.status.label("last_status"))
             .outerjoin(ChannelHealth, ChannelHealth.channel_id == Channel.id)
         ).all()
     changes = []
     for channel in channels:
-        backlog = channel.last_seq - channel.acked_seq
+        backlog = channel.last_seq - synced_seq(channel.acked_seq, channel.imported_seq)
+        last_synced = synced_at(channel.acked_at, channel.last_import_at)
         status = channel_status(enabled=channel.enabled, backlog=backlog,
-                                oldest_waiting_at=channel.oldest_waiting_at, acked_at=channel.acked_at,
+                                oldest_waiting_at=channel.oldest_waiting_at, synced_at=last_synced,
                                 now=now, stall=stall)
         if status == channel.last_status:
             continue
         changes.append({"channel_id": channel.id, "status": status, "changed_at": now})
         extra = {"job": "channels.health", "channel_id": channel.id, "status": status, "backlog": backlog}
         if status == "stalled":
-            log.warning("channel %s is stalled: %d messages waiting, the oldest since %s; Desk's cursor last "
-                        "moved %s", channel.id, backlog, channel.oldest_waiting_at.isoformat(),
-                        channel.acked_at.isoformat() if channel.acked_at else "never", extra=extra)
+            log.warning("channel %s is stalled: %d messages waiting, the oldest since %s; Desk last got "
+                        "messages (pull cursor or import) %s", channel.id, backlog,
+                        channel.oldest_waiting_at.isoformat(), last_synced.isoformat() if last_synced else "never",
+                        extra=extra)
         elif channel.last_status == "stalled":
             log.info("channel %s is no longer stalled: %s", channel.id, status, extra=extra)
     if changes:
@@ -187,7 +192,18 @@ def _purge(svc: Services, table: Table, expired: Any, budget_ends: float) -> int
     return total
 
 
+def import_into_desk(svc: Services, payload: Mapping[str, Any]) -> None:
+    """Send a channel's new messages to Desk through the Invoke API (`{"channel_id"}`, SPEC B14)."""
+    secret = svc.settings.desk_extension_secret
+    client = InvokeClient(svc.connectors.http, secret or "")
+    run = imports.import_channel(svc.db, svc.keyring, client, str(payload["channel_id"]), extension_secret=secret,
+                                 limit=svc.settings.pull_batch_limit)
+    log.debug("import run: %s, %d messages in %d calls", run.outcome, run.messages, run.calls,
+              extra={"job": imports.JOB_KIND, "channel_id": payload["channel_id"]})
+
+
 HANDLERS: dict[str, Handler] = {
+    imports.JOB_KIND: import_into_desk,
     "reply.retry": retry_reply,
     "replies.sweep": sweep_replies,
     "channels.health": check_channel_health,

@@ -45,6 +45,7 @@ class ClaimedJob:
     max_attempts: int
     unique_key: str | None
     locked_by: str
+    queue_key: str | None = None
 
 
 def _insert_if_no_active_duplicate(dialect: str) -> Any:
@@ -59,7 +60,18 @@ def _insert_if_no_active_duplicate(dialect: str) -> Any:
     )
 
 
+def _insert_if_none_queued(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (queue_key) WHERE status = 'queued' DO NOTHING RETURNING id."""
+    module = postgresql if dialect == "postgresql" else sqlite
+    return (
+        module.insert(_jobs)
+        .on_conflict_do_nothing(index_elements=[_jobs.c.queue_key], index_where=_jobs.c.status == "queued")
+        .returning(_jobs.c.id)
+    )
+
+
 _ENQUEUE = {name: _insert_if_no_active_duplicate(name) for name in ("postgresql", "sqlite")}
+_ENQUEUE_IF_NONE_QUEUED = {name: _insert_if_none_queued(name) for name in ("postgresql", "sqlite")}
 
 
 def enqueue(
@@ -68,11 +80,13 @@ def enqueue(
     payload: Mapping[str, Any],
     *,
     unique_key: str | None = None,
+    queue_key: str | None = None,
     run_at: datetime | None = None,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
 ) -> bool:
     """Add a job in the caller's transaction (so it exists iff the caller's change commits); False,
-    and nothing written, when a job with the same unique_key is already queued or running."""
+    and nothing written, when a job with the same unique_key is already queued or running, or one
+    with the same queue_key is already queued (give one or the other)."""
     now = utcnow()
     row = {
         "kind": kind,
@@ -82,14 +96,18 @@ def enqueue(
         "max_attempts": max_attempts,
         "run_at": run_at or now,
         "unique_key": unique_key,
+        "queue_key": queue_key,
         "created_at": now,
         "updated_at": now,
     }
-    if unique_key is None:
+    if unique_key is not None and queue_key is not None:
+        raise ValueError("a job has a unique_key or a queue_key, not both")
+    if unique_key is None and queue_key is None:
         conn.execute(insert(_jobs), row)
         return True
+    statement = (_ENQUEUE if queue_key is None else _ENQUEUE_IF_NONE_QUEUED)[conn.dialect.name]
     # RETURNING, not rowcount: psycopg reports no rowcount for ON CONFLICT DO NOTHING.
-    return conn.execute(_ENQUEUE[conn.dialect.name], row).first() is not None
+    return conn.execute(statement, row).first() is not None
 
 
 def _claimable(jobs: Any, kinds: Collection[str] | None) -> Any:
@@ -138,12 +156,13 @@ def claim(
                 updated_at=now,
             )
             .returning(_jobs.c.id, _jobs.c.kind, _jobs.c.payload, _jobs.c.attempts, _jobs.c.max_attempts,
-                       _jobs.c.unique_key),
+                       _jobs.c.unique_key, _jobs.c.queue_key),
             {"now": now},
         ).first()
     if row is None:
         return None
-    return ClaimedJob(row.id, row.kind, row.payload, row.attempts, row.max_attempts, row.unique_key, worker_id)
+    return ClaimedJob(row.id, row.kind, row.payload, row.attempts, row.max_attempts, row.unique_key, worker_id,
+                      row.queue_key)
 
 
 def _held(job_id: int, worker_id: str) -> Any:
@@ -203,10 +222,20 @@ def fail(db: Database, job: ClaimedJob, error: str, *, retry_in: float | None = 
         delay = backoff_seconds(job.attempts) if retry_in is None else retry_in
         values.update(status="queued", run_at=now + timedelta(seconds=delay))
     with db.write() as conn:
+        if not final and job.queue_key is not None and _queued_with_key(conn, job.queue_key):
+            # A job queued since this one started does the same work: this one ends here.
+            values.pop("run_at")
+            values.update(status="done", finished_at=now)
         changed = conn.execute(update(_jobs).where(_held(job.id, job.locked_by)).values(**values))
     if changed.rowcount != 1:
         return None
     return values["status"]
+
+
+def _queued_with_key(conn: Connection, queue_key: str) -> bool:
+    return conn.execute(
+        select(exists().where(_jobs.c.queue_key == queue_key, _jobs.c.status == "queued"))
+    ).scalar_one()
 
 
 def active_unique_keys(db: Database, keys: Collection[str]) -> set[str]:

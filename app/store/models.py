@@ -82,6 +82,10 @@ class Channel(Base):
     acked_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_pull_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     acked_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # when acked_seq last moved
+    # The real-time import's cursor (SPEC B14): every message up to it reached Desk by an import.
+    # A message is synced once acked_seq or imported_seq is at or past it.
+    imported_seq: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    last_import_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # when imported_seq last moved
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     # What Desk's latest authenticated pull or push carried (SPEC B3): the orgId, and the
     # securityContext as a Fernet ciphertext plus a keyed digest, so that a request can
@@ -203,6 +207,9 @@ class Job(Base):
     locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())  # the lease's end
     last_error: Mapped[str | None] = mapped_column(Text)
     unique_key: Mapped[str | None] = mapped_column(String(ID_LENGTH))
+    # Like unique_key, but held while queued only: one more job may be queued while one runs
+    # (a channel's import: a message committed during a run gets a run of its own).
+    queue_key: Mapped[str | None] = mapped_column(String(ID_LENGTH))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     finished_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
@@ -217,6 +224,14 @@ Index(
     sqlite_where=Job.status.in_(ACTIVE_JOB_STATUSES),
 )
 
+Index(
+    "ux_jobs_queue_key_queued",
+    Job.queue_key,
+    unique=True,
+    postgresql_where=Job.status == "queued",
+    sqlite_where=Job.status == "queued",
+)
+
 
 class ChannelHealth(Base):
     """The health status the background check last computed for a channel, to log its changes."""
@@ -226,6 +241,27 @@ class ChannelHealth(Base):
     channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
     status: Mapped[str] = mapped_column(String(8))  # ok, stalled, disabled
     changed_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+IMPORT_STATUSES = ("ok", "retrying", "refused")  # as stored; "off" is computed (SPEC B14)
+
+
+class ChannelImport(Base):
+    """The real-time import's state for one channel (SPEC B14): its lease (one import per channel at a
+    time across hosts), the last outcome, and the backoff after failures."""
+
+    __tablename__ = "channel_imports"
+
+    channel_id: Mapped[str] = mapped_column(ForeignKey("channels.id", ondelete="CASCADE"), primary_key=True)
+    status: Mapped[str] = mapped_column(String(8), default="ok")  # ok, retrying, refused
+    error: Mapped[str | None] = mapped_column(String(500))  # the last failure's reason
+    failures: Mapped[int] = mapped_column(Integer, default=0)  # consecutive failed imports
+    retry_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # no import before then (backoff)
+    # The digest of the securityContext Desk refused: imports stop until another one is recorded.
+    refused_digest: Mapped[str | None] = mapped_column(String(64))
+    locked_by: Mapped[str | None] = mapped_column(String(128))
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
 
 
 @event.listens_for(Channel.enabled, "set")

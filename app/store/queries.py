@@ -7,18 +7,23 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, func, insert, or_, select, union, update
+from sqlalchemy import ColumnElement, Connection, Row, and_, bindparam, case, func, insert, or_, select, union, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.store.models import Channel, Conversation, InboxMessage, Installation, Reply, ReplyAttempt
+from app.store.models import Channel, ChannelImport, Conversation, InboxMessage, Installation, Reply, ReplyAttempt
 
 # The request paths run Core statements on a plain Connection, built once with bound
 # parameters: building a statement, loading ORM objects or keeping an ORM session
 # costs more than running the query on an indexed key. Admin code uses the ORM.
 _channels = Channel.__table__
 _CHANNEL_BY_ID = select(_channels).where(_channels.c.id == bindparam("channel_id"))
+
+
+# Every message up to it reached Desk (SPEC B14): max(acked_seq, imported_seq), in SQL.
+SYNCED_SEQ = case((_channels.c.acked_seq >= _channels.c.imported_seq, _channels.c.acked_seq),
+                  else_=_channels.c.imported_seq)
 
 
 def get_channel(session: Session, channel_id: str) -> Channel | None:
@@ -424,3 +429,41 @@ def first_permalinks(conn: Connection, channel_id: str, conversation_ext_id: str
         .limit(limit)
     )
     return list(conn.execute(stmt).scalars())
+
+
+# ---------------------------------------------------------------- real-time import (SPEC B14)
+
+_imports = ChannelImport.__table__
+
+
+def take_import_lease(conn: Connection, channel_id: str, holder: str, now: datetime, until: datetime
+                      ) -> Row[Any] | None:
+    """Take a channel's import lease unless another holder's is still running; the import state, or None."""
+    make = {"sqlite": sqlite_insert, "postgresql": pg_insert}[conn.dialect.name]
+    statement = make(_imports).values(channel_id=channel_id, status="ok", failures=0, locked_by=holder,
+                                      locked_until=until, updated_at=now)
+    statement = statement.on_conflict_do_update(
+        index_elements=["channel_id"],
+        set_={"locked_by": holder, "locked_until": until},
+        where=or_(_imports.c.locked_until.is_(None), _imports.c.locked_until < now),
+    ).returning(*_imports.c)
+    return conn.execute(statement).first()
+
+
+def update_import(conn: Connection, channel_id: str, holder: str, values: dict[str, Any]) -> bool:
+    """Write a channel's import state if `holder` still holds the lease; whether it did."""
+    changed = conn.execute(
+        update(_imports).where(_imports.c.channel_id == channel_id, _imports.c.locked_by == holder).values(**values)
+    )
+    return changed.rowcount == 1
+
+
+def record_import(conn: Connection, channel_id: str, imported_seq: int, now: datetime) -> None:
+    """Move a channel's import cursor forward (never back) after Desk took a batch."""
+    conn.execute(update(_channels).where(_channels.c.id == channel_id).values(
+        imported_seq=_greatest(conn, _channels.c.imported_seq, imported_seq), last_import_at=now))
+
+
+def import_state(conn: Connection, channel_id: str) -> Row[Any] | None:
+    """A channel's import state row, or None when no import ever ran."""
+    return conn.execute(select(_imports).where(_imports.c.channel_id == channel_id)).first()

@@ -13,12 +13,13 @@ from app.connectors import Connectors
 from app.connectors.base import ChannelConfig
 from app.desk.mapping import desk_time, optional_desk_time
 from app.domain.errors import ConfirmationRequired, Invalid, NotFound
-from app.domain.health import channel_status
+from app.domain.health import channel_status, synced_at, synced_seq
 from app.keyring import Keyring, hash_token, new_token
 from app.store import queries
 from app.store.database import Database
-from app.store.models import Channel
+from app.store.models import Channel, ChannelImport
 from app.usecases.clock import utcnow
+from app.usecases.imports import import_status
 from app.validation import DEFAULT_DESK_DOMAIN, DeskDomain, Text, load
 
 COMMON_FIELDS = ("connector", "name", "org_id", "desk_domain")
@@ -86,14 +87,17 @@ def list_channels(db: Database) -> list[dict[str, Any]]:
         return [_summary(channel) for channel in queries.list_channels(session)]
 
 
-def show_channel(db: Database, channel_id: str, *, stall_minutes: int) -> dict[str, Any]:
-    """One channel with its sync figures and health (SPEC B10), without secrets."""
+def show_channel(db: Database, channel_id: str, *, stall_minutes: int, extension_secret: str | None = None
+                 ) -> dict[str, Any]:
+    """One channel with its sync figures and health (SPEC B10, B14), without secrets."""
     now = utcnow()
     with db.session() as session:
         channel = _get(session, channel_id)
-        oldest = queries.oldest_waiting_at(session, channel.id, channel.acked_seq)
+        oldest = queries.oldest_waiting_at(session, channel.id, synced_seq(channel.acked_seq, channel.imported_seq))
         failed = queries.replies_failed_since(session, channel.id, now - timedelta(hours=24))
-        return {**_summary(channel), **_health(channel, oldest, failed, now, stall_minutes)}
+        state = session.get(ChannelImport, channel.id)
+        return {**_summary(channel), **_health(channel, oldest, failed, now, stall_minutes),
+                **_import_health(channel, state, extension_secret)}
 
 
 class _ChannelChanges(Schema):
@@ -107,8 +111,8 @@ class _ChannelChanges(Schema):
     desk_domain = DeskDomain()
 
 
-def update_channel(db: Database, connectors: Connectors, channel_id: str, data: Any, *, stall_minutes: int
-                   ) -> dict[str, Any]:
+def update_channel(db: Database, connectors: Connectors, channel_id: str, data: Any, *, stall_minutes: int,
+                   extension_secret: str | None = None) -> dict[str, Any]:
     """Change a channel's name, Desk org or connector settings; the channel as `show` gives it."""
     if not isinstance(data, dict):
         raise Invalid("validation_error", "The changes must be a JSON object.")
@@ -128,7 +132,7 @@ def update_channel(db: Database, connectors: Connectors, channel_id: str, data: 
         if changes:
             channel.settings = {**channel.settings, **changes}
         session.commit()
-    return show_channel(db, channel_id, stall_minutes=stall_minutes)
+    return show_channel(db, channel_id, stall_minutes=stall_minutes, extension_secret=extension_secret)
 
 
 ROTATABLE = ("inbound", "outbound", "desk-token")
@@ -220,8 +224,10 @@ def _summary(channel: Channel) -> dict[str, Any]:
         **summary,
         "last_seq": channel.last_seq,
         "acked_seq": channel.acked_seq,
-        "pending_seq": channel.last_seq - channel.acked_seq,
+        "imported_seq": channel.imported_seq,
+        "pending_seq": channel.last_seq - synced_seq(channel.acked_seq, channel.imported_seq),
         "last_pull_at": optional_desk_time(channel.last_pull_at),
+        "last_import_at": optional_desk_time(channel.last_import_at),
         "created_at": desk_time(channel.created_at),
     }
 
@@ -230,9 +236,10 @@ def _health(
     channel: Channel, oldest_waiting: datetime | None, failed_24h: int, now: datetime, stall_minutes: int
 ) -> dict[str, Any]:
     """SPEC B10's health figures and status."""
-    backlog = channel.last_seq - channel.acked_seq
+    backlog = channel.last_seq - synced_seq(channel.acked_seq, channel.imported_seq)
     status = channel_status(enabled=channel.enabled, backlog=backlog, oldest_waiting_at=oldest_waiting,
-                            acked_at=channel.acked_at, now=now, stall=timedelta(minutes=stall_minutes))
+                            synced_at=synced_at(channel.acked_at, channel.last_import_at), now=now,
+                            stall=timedelta(minutes=stall_minutes))
     return {
         "desk_org_id": channel.desk_org_id,
         "backlog": backlog,
@@ -242,3 +249,13 @@ def _health(
         "status": status,
     }
 
+
+
+def _import_health(channel: Channel, state: ChannelImport | None, extension_secret: str | None) -> dict[str, Any]:
+    """The real-time import's part of the health (SPEC B14): its status and its last failure."""
+    status = import_status(channel, state, extension_secret)
+    return {
+        "import_status": status,
+        "import_error": state.error if state is not None and status in ("retrying", "refused") else None,
+        "import_retry_at": optional_desk_time(state.retry_at) if state is not None and status == "retrying" else None,
+    }

@@ -16,6 +16,7 @@ from app.keyring import Keyring
 from app.rendering import html_to_text, sanitize_html, subject_line
 from app.store import queries
 from app.store.database import Database
+from app.usecases import imports
 from app.usecases.clock import utcnow
 
 SUBJECT_SOURCE_CHARS = 4096
@@ -23,20 +24,26 @@ INGEST_ATTEMPTS = 3
 
 
 def receive_inbound(
-    db: Database, keyring: Keyring, connectors: Connectors, channel_id: str, request: InboundRequest
+    db: Database, keyring: Keyring, connectors: Connectors, channel_id: str, request: InboundRequest, *,
+    extension_secret: str | None = None,
 ) -> InboundAnswer:
-    """A webhook from the channel's external service: verified and read by its connector, then stored."""
+    """A webhook from the channel's external service: verified and read by its connector, then stored
+    (and queued for the real-time import when the channel has one, SPEC B14)."""
     with db.read() as conn:
         row = queries.channel_row(conn, channel_id)
     if row is None:
         raise NotFound("unknown_channel", "There is no such channel.")
     kind = metrics.counting_inbound(connectors[row.connector])
     messages = kind.read_inbound(ChannelConfig.from_row(row, keyring.decrypt), request)
-    return kind.inbound_answer(ingest_messages(db, channel_id, messages))
+    result = ingest_messages(db, channel_id, messages, queue_import=imports.import_possible(row, extension_secret))
+    return kind.inbound_answer(result)
 
 
-def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]]) -> IngestResult:
+def ingest_messages(
+    db: Database, channel_id: str, messages: list[dict[str, Any]], *, queue_import: bool = False
+) -> IngestResult:
     """Store new messages in the inbox, numbered under the channel lock; report duplicates.
+    `queue_import`: queue the channel's real-time import in the same transaction when any is new.
 
     seq numbers are reserved by the statement that locks the channel, and the lock
     is held until commit, so commits happen in seq order and a reader never sees
@@ -60,7 +67,7 @@ def ingest_messages(db: Database, channel_id: str, messages: list[dict[str, Any]
             subjects[message["conversation_id"]] = _derived_subject(message)
     for attempt in range(1, INGEST_ATTEMPTS + 1):
         try:
-            fresh = _ingest_once(db, channel_id, first_by_id, subjects, now)
+            fresh = _ingest_once(db, channel_id, first_by_id, subjects, now, queue_import)
             break
         except IntegrityError:
             if attempt == INGEST_ATTEMPTS:
@@ -82,6 +89,7 @@ def _ingest_once(
     first_by_id: dict[str, dict[str, Any]],
     subjects: dict[str, str],
     now: datetime,
+    queue_import: bool,
 ) -> list[dict[str, Any]]:
     """One transaction of ingest_messages; the messages it stored."""
     with db.write() as conn:
@@ -116,6 +124,8 @@ def _ingest_once(
         # since rows are only inserted while the channel is locked.
         queries.insert_new_conversations(conn, list(conversations.values()))
         queries.insert_messages(conn, rows)
+        if queue_import:
+            imports.queue_import(conn, channel_id)
     return fresh
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -45,7 +46,7 @@ def pull(
     # channel row was read comes with the next pull).
     if cursor < channel.last_seq:
         with db.read() as conn:
-            answer = sync_batch(conn, keyring, channel.id, cursor, limit)
+            answer = sync_batch(conn, keyring, channel.id, cursor, limit).sync
     else:
         answer = mapping.empty_sync()
     if damaged and "channelState" not in answer:
@@ -61,11 +62,26 @@ def pull(
     return answer
 
 
-def sync_batch(conn: Connection, keyring: Keyring, channel_id: str, after_seq: int, limit: int) -> dict[str, Any]:
+@dataclass(frozen=True)
+class SyncBatch:
+    """A sync object for Desk and the seq of the last message it covers (None: nothing new)."""
+
+    sync: dict[str, Any]
+    last_seq: int | None
+
+    @property
+    def gives_desk_anything(self) -> bool:
+        """Whether it holds a ticket or a thread (a batch of echoes only holds neither)."""
+        return bool(self.sync["data"]["tickets"] or self.sync["data"]["threads"])
+
+
+def sync_batch(conn: Connection, keyring: Keyring, channel_id: str, after_seq: int, limit: int) -> SyncBatch:
     """The sync object for the messages after `after_seq`: threads, the tickets they open, and
     the channelState of the last one (none when there is nothing new). Pull and import share it."""
     messages = queries.messages_after(conn, channel_id, after_seq, limit)
     if not messages:
-        return mapping.empty_sync()
-    conversations = queries.conversations_first_between(conn, channel_id, after_seq, messages[-1].seq)
-    return mapping.sync_object(conversations, messages, encode_state(keyring, channel_id, messages[-1].seq))
+        return SyncBatch(mapping.empty_sync(), None)
+    last_seq = messages[-1].seq
+    conversations = queries.conversations_first_between(conn, channel_id, after_seq, last_seq)
+    return SyncBatch(mapping.sync_object(conversations, messages, encode_state(keyring, channel_id, last_seq)),
+                     last_seq)

@@ -54,7 +54,8 @@ def enable_channel(channel_id: str) -> Response:
 @admin_api.get("/channels/<channel_id>")
 def show_channel(channel_id: str) -> Response:
     svc = services()
-    return json_response(channels.show_channel(svc.db, channel_id, stall_minutes=svc.settings.stall_minutes))
+    return json_response(channels.show_channel(svc.db, channel_id, stall_minutes=svc.settings.stall_minutes,
+                                               extension_secret=svc.settings.desk_extension_secret))
 
 
 @admin_api.patch("/channels/<channel_id>")
@@ -62,7 +63,8 @@ def update_channel(channel_id: str) -> Response:
     svc = services()
     body = parse_json_object(read_body(svc.settings.max_body_bytes))
     return json_response(
-        channels.update_channel(svc.db, svc.connectors, channel_id, body, stall_minutes=svc.settings.stall_minutes)
+        channels.update_channel(svc.db, svc.connectors, channel_id, body, stall_minutes=svc.settings.stall_minutes,
+                                extension_secret=svc.settings.desk_extension_secret)
     )
 
 

@@ -86,8 +86,13 @@ class ChannelSummary(Schema):
     outbound = fields.Nested(OutboundUrl, metadata={"description": "Connectors that deliver to an outbound URL."})
     last_seq = fields.Integer(required=True, metadata={"description": "The newest inbox message."})
     acked_seq = fields.Integer(required=True, metadata={"description": "The highest cursor Desk has sent back."})
-    pending_seq = fields.Integer(required=True, metadata={"description": "last_seq - acked_seq."})
+    imported_seq = fields.Integer(required=True, metadata={
+        "description": "Every message up to it reached Desk by a real-time import (SPEC B14)."})
+    pending_seq = fields.Integer(required=True, metadata={
+        "description": "Messages Desk has not got: last_seq - max(acked_seq, imported_seq)."})
     last_pull_at = fields.DateTime(required=True, allow_none=True)
+    last_import_at = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "When an import last succeeded."})
     created_at = fields.DateTime(required=True)
 
 
@@ -101,10 +106,18 @@ class ChannelDetail(ChannelSummary):
     desk_org_id = fields.String(required=True, allow_none=True)
     backlog = fields.Integer(required=True)
     oldest_waiting_at = fields.DateTime(required=True, allow_none=True, metadata={
-        "description": "The oldest message Desk has not been given."})
+        "description": "The oldest message Desk has not got (by pull or import)."})
     acked_at = fields.DateTime(required=True, allow_none=True)
     replies_failed_24h = fields.Integer(required=True)
     status = fields.String(required=True, validate=validate.OneOf(HEALTH_STATUSES))
+    import_status = fields.String(required=True, validate=validate.OneOf(("ok", "retrying", "refused", "off")),
+                                  metadata={"description": "The real-time import (SPEC B14): off without the "
+                                            "extension secret or a recorded securityContext and org; refused "
+                                            "until Desk sends a new securityContext."})
+    import_error = fields.String(required=True, allow_none=True, metadata={
+        "description": "Why the last import failed, while retrying or refused."})
+    import_retry_at = fields.DateTime(required=True, allow_none=True, metadata={
+        "description": "When the next import is tried, while retrying."})
 
 
 class DeleteChannelQuery(Schema):

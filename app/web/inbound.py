@@ -24,5 +24,6 @@ def receive(channel_id: str) -> Response:
         body=read_body(svc.settings.max_body_bytes),
         content_type=request.mimetype,
     )
-    answer = receive_inbound(svc.db, svc.keyring, svc.connectors, channel_id, webhook)
+    answer = receive_inbound(svc.db, svc.keyring, svc.connectors, channel_id, webhook,
+                             extension_secret=svc.settings.desk_extension_secret)
     return Response(answer.body, status=answer.status, content_type=answer.content_type)
