@@ -510,3 +510,21 @@ def test_retention_works_in_batches_until_nothing_is_left(
 
     with services(app).db.session() as session:
         assert session.scalars(select(Reply)).all() == []
+
+
+def test_on_postgresql_an_enqueued_job_wakes_an_idle_worker_long_before_its_poll(app: Flask) -> None:
+    if services(app).db.is_sqlite:
+        pytest.skip("LISTEN/NOTIFY is PostgreSQL's; SQLite workers poll every 0.1 s")
+    ran = threading.Event()
+    run = worker(app, {"count": lambda svc, payload: ran.set()}, concurrency=1, poll_seconds=60)
+    thread = threading.Thread(target=run.run)
+    thread.start()
+    try:
+        assert run.listening.wait(timeout=10)
+        run.wake()  # a wake-up after LISTEN: the thread polls once more, finds nothing, and waits 60 s
+        assert run.wait_until_idle(1, timeout=10)
+        add_job(app, "count", {})  # only its notification can wake the thread within the 20 s below
+        assert ran.wait(timeout=20)
+    finally:
+        run.stop()
+        thread.join(timeout=10)

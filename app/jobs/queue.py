@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, exists, insert, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, exists, insert, or_, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.store.database import Database
@@ -32,6 +32,9 @@ JITTER = 0.2
 MAX_ERROR_LENGTH = 2000
 
 _jobs = Job.__table__
+# PostgreSQL: every enqueue notifies this channel at commit, so idle workers wake at once (LISTEN).
+NOTIFY_CHANNEL = "deskbridge_jobs"
+_NOTIFY = text(f"SELECT pg_notify('{NOTIFY_CHANNEL}', '')")
 
 
 @dataclass(frozen=True)
@@ -104,10 +107,14 @@ def enqueue(
         raise ValueError("a job has a unique_key or a queue_key, not both")
     if unique_key is None and queue_key is None:
         conn.execute(insert(_jobs), row)
-        return True
-    statement = (_ENQUEUE if queue_key is None else _ENQUEUE_IF_NONE_QUEUED)[conn.dialect.name]
-    # RETURNING, not rowcount: psycopg reports no rowcount for ON CONFLICT DO NOTHING.
-    return conn.execute(statement, row).first() is not None
+    else:
+        statement = (_ENQUEUE if queue_key is None else _ENQUEUE_IF_NONE_QUEUED)[conn.dialect.name]
+        # RETURNING, not rowcount: psycopg reports no rowcount for ON CONFLICT DO NOTHING.
+        if conn.execute(statement, row).first() is None:
+            return False
+    if conn.dialect.name == "postgresql":
+        conn.execute(_NOTIFY)  # delivered at commit, and only if the transaction commits
+    return True
 
 
 def _claimable(jobs: Any, kinds: Collection[str] | None) -> Any:
