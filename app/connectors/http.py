@@ -217,9 +217,11 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def bounded_request(
-    http: requests.Session, method: str, url: str, timeout: float, **kwargs: Any
+    http: requests.Session, method: str, url: str, timeout: float, *, peer: str = "The external service",
+    **kwargs: Any
 ) -> HttpAnswer:
-    """One HTTP exchange that ends within `timeout` seconds whatever the other side does."""
+    """One HTTP exchange that ends within `timeout` seconds whatever the other side does; failures
+    name the other side as `peer`."""
     outcome: dict[str, Any] = {}
     exchange = _Exchange()
     deadline = time.monotonic() + timeout
@@ -247,9 +249,9 @@ def bounded_request(
     worker.join(timeout)
     if worker.is_alive():
         exchange.cut_off()
-        raise HttpFailure(f"The external service did not answer within {timeout:.1f} s.", transient=True, sent=True)
+        raise HttpFailure(f"{peer} did not answer within {timeout:.1f} s.", transient=True, sent=True)
     if "error" in outcome:
-        raise _translate(outcome["error"])
+        raise _translate(outcome["error"], peer)
     return outcome["answer"]
 
 
@@ -264,18 +266,19 @@ def _read_capped(response: requests.Response, deadline: float) -> bytes:
     return b"".join(chunks)[:MAX_ANSWER_BYTES]
 
 
-def _translate(exc: BaseException) -> HttpFailure:
+def _translate(exc: BaseException, peer: str) -> HttpFailure:
     """Turn a foreign exception into ours."""
     if isinstance(exc, HttpFailure):
         return exc
     if isinstance(exc, AddressRefused):
         return HttpFailure(f"Refused by the outbound address policy: {exc}.", transient=False)
     if isinstance(exc, requests.ConnectTimeout):
-        return HttpFailure("The external service could not be reached in time.", transient=True)
+        return HttpFailure(f"{peer} could not be reached in time.", transient=True)
     if isinstance(exc, requests.Timeout):
-        return HttpFailure("The external service did not answer in time.", transient=True, sent=True)
+        return HttpFailure(f"{peer} did not answer in time.", transient=True, sent=True)
     if isinstance(exc, requests.ConnectionError):
-        return HttpFailure("The external service could not be reached.", transient=True)
+        return HttpFailure(f"{peer} could not be reached, or closed the connection without an answer.",
+                           transient=True)
     if isinstance(exc, (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema, LocationValueError)):
         # urllib3 raises LocationValueError itself for some hosts requests accepts (a..b).
         return HttpFailure("The outbound URL is not valid.", transient=False)

@@ -89,7 +89,7 @@ class InvokeClient:
         signed = {"HASH": invoke_hash(self._secret, fields)}
         form = {"securityContext": security_context, **fields}
         try:
-            answer = bounded_request(self._http, "POST", f"{base}/api/v1/invoke", self._timeout,
+            answer = bounded_request(self._http, "POST", f"{base}/api/v1/invoke", self._timeout, peer="Desk",
                                      params={"orgId": org_id}, data=form, headers=signed)
         except HttpFailure as exc:
             raise InvokeFailure(exc.message, transient=exc.transient) from None

@@ -68,7 +68,8 @@ def _insert_if_none_queued(dialect: str) -> Any:
     module = postgresql if dialect == "postgresql" else sqlite
     return (
         module.insert(_jobs)
-        .on_conflict_do_nothing(index_elements=[_jobs.c.queue_key], index_where=_jobs.c.status == "queued")
+        # A literal, as in the index: PostgreSQL matches the index by its predicate, not a bound parameter.
+        .on_conflict_do_nothing(index_elements=[_jobs.c.queue_key], index_where=text("status = 'queued'"))
         .returning(_jobs.c.id)
     )
 

@@ -160,8 +160,8 @@ def _failed(db: Database, channel: Row[Any], state: Row[Any], holder: str, failu
             queries.update_import(conn, channel.id, holder, {
                 "status": "refused", "error": reason, "refused_digest": channel.desk_context_digest,
                 "retry_at": None, "locked_by": None, "locked_until": None, "updated_at": now})
-            log.warning("import into Desk refused: %s; no more imports for this channel until Desk sends a new "
-                        "securityContext (its pull goes on)", reason, extra=extra)
+            log.warning("import into Desk refused: %s No more imports for this channel until Desk sends a new "
+                        "securityContext; its pull goes on.", reason, extra=extra)
             return ImportRun("refused", messages, calls)
         failures = (state.failures or 0) + 1
         delay = min(FIRST_RETRY_SECONDS * 2 ** (failures - 1), MAX_RETRY_SECONDS) * random.uniform(1 - JITTER, 1)
@@ -170,7 +170,7 @@ def _failed(db: Database, channel: Row[Any], state: Row[Any], holder: str, failu
             "status": "retrying", "error": reason, "failures": failures,
             "retry_at": now + timedelta(seconds=delay), "locked_by": None, "locked_until": None, "updated_at": now})
         queue_import(conn, channel.id, delay=delay)
-    log.warning("import into Desk failed (%s, %s): %s; trying again in %.1f s (failure %d in a row)",
+    log.warning("import into Desk failed (%s, %s): %s Trying again in %.1f s (failure %d in a row).",
                 "transient" if failure.transient else "not accepted", f"HTTP {failure.status}" if failure.status
                 else "no answer", reason, delay, failures, extra=extra)
     return ImportRun("retrying", messages, calls, again_in=delay)
