@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from flask import Flask
 
 from app.config import Settings
-from app.connectors import Connectors
-from app.connectors.base import ConnectorKind
+from app.connectors import Connectors, KindOrFactory
+from app.connectors.media import MediaLinks
 from app.keyring import Keyring
 from app.logging import configure_logging, init_request_logging
 from app.services import Services
@@ -16,7 +16,7 @@ from app.store.database import Database
 
 
 def create_app(
-    overrides: Mapping[str, str] | None = None, *, connectors: Mapping[str, ConnectorKind] | None = None
+    overrides: Mapping[str, str] | None = None, *, connectors: Mapping[str, KindOrFactory] | None = None
 ) -> Flask:
     """Assemble the application; `overrides` take precedence over the environment, and
     `connectors` replace or add connector kinds by name (tests inject fakes here)."""
@@ -29,6 +29,7 @@ def create_app(
     from app.web.errors import register_error_handlers
     from app.web.health import health
     from app.web.inbound import inbound
+    from app.web.media import media
     from app.web.metrics import init_metrics
 
     settings = Settings.from_env(overrides=overrides)
@@ -39,15 +40,23 @@ def create_app(
     # no HTML redirect from //desk//pull to /desk/pull: such paths are a JSON 404.
     app.config["PROVIDE_AUTOMATIC_OPTIONS"] = False
     app.url_map.merge_slashes = False
+    keyring = Keyring(settings.secret_key)
     app.extensions["deskbridge"] = Services(
         settings=settings,
         db=Database(settings.database_url, busy_timeout=settings.sqlite_busy_timeout_seconds),
-        keyring=Keyring(settings.secret_key),
-        connectors=Connectors(allow_private=settings.allow_private_outbound, overrides=connectors),
+        keyring=keyring,
+        connectors=Connectors(
+            allow_private=settings.allow_private_outbound,
+            overrides=connectors,
+            public_base_url=settings.public_base_url,
+            media=MediaLinks(keyring.media_key, settings.public_base_url),
+            telegram_api_base=settings.telegram_api_base,
+            twilio_api_base=settings.twilio_api_base,
+        ),
     )
     init_request_logging(app)
     register_error_handlers(app)
-    for blueprint in (health, desk, inbound, admin_api):
+    for blueprint in (health, desk, inbound, media, admin_api):
         app.register_blueprint(blueprint)
     init_metrics(app)
     init_capture(app, settings)

@@ -38,17 +38,40 @@ def _run(action: Callable[[], T]) -> T:
         _fail(unavailable.as_domain_error())
 
 
+# The connectors' settings as CLI flags (SPEC B15); the admin API takes them in snake_case.
+CONNECTOR_OPTIONS = (
+    ("--outbound-url", "outbound_url", "webhook: where agent replies are delivered."),
+    ("--bot-token", "bot_token", "telegram: the bot's token from @BotFather."),
+    ("--account-sid", "account_sid", "twilio: the account SID (AC...)."),
+    ("--auth-token", "auth_token", "twilio: the account's auth token."),
+    ("--from", "from", "twilio: the sender, +1555... or whatsapp:+1555..."),
+    ("--messaging-service-sid", "messaging_service_sid", "twilio: a Messaging Service (MG...) instead of --from."),
+)
+
+
+def connector_options(command: Any) -> Any:
+    """Add the connectors' setting flags to a command (they reach it in **settings: `from` is a keyword)."""
+    for flag, name, help_text in reversed(CONNECTOR_OPTIONS):
+        command = click.option(flag, name, default=None, help=help_text)(command)
+    return command
+
+
+def _connector_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """The connector flags given, keyed as the admin API names them."""
+    return {name: given[name] for _, name, _ in CONNECTOR_OPTIONS if given.get(name) is not None}
+
+
 @channel_cli.command("create")
 @click.option("--connector", required=True, type=click.Choice(CONNECTOR_TYPES), help="Connector type.")
-@click.option("--outbound-url", required=True, help="Where agent replies are delivered.")
+@connector_options
 @click.option("--name", default=None, help="A name for operators.")
 @click.option("--org-id", default=None, help="The Desk orgId this channel is limited to.")
 @click.option("--desk-domain", default=None,
               help="Zoho Desk's data centre: desk.zoho.com (default), desk.zoho.eu, desk.zoho.in, ...")
-def create(connector: str, outbound_url: str, name: str | None, org_id: str | None, desk_domain: str | None) -> None:
+def create(connector: str, name: str | None, org_id: str | None, desk_domain: str | None, **settings: Any) -> None:
     """Create a channel and print its credentials (shown only now)."""
     svc = services()
-    data = {"connector": connector, "outbound_url": outbound_url, "name": name, "org_id": org_id}
+    data = {"connector": connector, "name": name, "org_id": org_id, **_connector_settings(settings)}
     if desk_domain is not None:
         data["desk_domain"] = desk_domain
     _print(_run(lambda: channels.create_channel(svc.db, svc.keyring, svc.connectors, data)))
@@ -87,22 +110,19 @@ def show(channel_id: str) -> None:
 @click.argument("channel_id")
 @click.option("--name", default=None, help="A new name.")
 @click.option("--org-id", default=None, help="The Desk orgId the channel is limited to ('' for none).")
-@click.option("--outbound-url", default=None, help="A new URL for agent replies (webhook).")
+@connector_options
 @click.option("--desk-domain", default=None, help="Zoho Desk's data centre (desk.zoho.eu, ...).")
-def update(channel_id: str, name: str | None, org_id: str | None, outbound_url: str | None,
-           desk_domain: str | None) -> None:
-    """Change a channel's name, Desk org or connector settings."""
+def update(channel_id: str, name: str | None, org_id: str | None, desk_domain: str | None, **settings: Any) -> None:
+    """Change a channel's name, Desk org or connector settings (a new bot token registers the webhook)."""
     svc = services()
-    changes: dict[str, Any] = {}
+    changes: dict[str, Any] = _connector_settings(settings)
     if name is not None:
         changes["name"] = name
     if org_id is not None:
         changes["org_id"] = org_id or None
-    if outbound_url is not None:
-        changes["outbound_url"] = outbound_url
     if desk_domain is not None:
         changes["desk_domain"] = desk_domain
-    _print(_run(lambda: channels.update_channel(svc.db, svc.connectors, channel_id, changes,
+    _print(_run(lambda: channels.update_channel(svc.db, svc.keyring, svc.connectors, channel_id, changes,
                                                 stall_minutes=svc.settings.stall_minutes,
                                                 extension_secret=svc.settings.desk_extension_secret)))
 

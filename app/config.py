@@ -17,8 +17,11 @@ VARIABLES = (
     "DATABASE_URL", "SECRET_KEY", "ADMIN_TOKEN", "PUSH_DEADLINE_SECONDS", "PULL_BATCH_LIMIT",
     "ALLOW_PRIVATE_OUTBOUND", "MAX_BODY_BYTES", "INSTANCE_PATH", "LOG_FORMAT", "SQLITE_BUSY_TIMEOUT_SECONDS",
     "METRICS_TOKEN", "SECRET_OVERLAP_SECONDS", "STALL_MINUTES", "LEDGER_RETENTION_DAYS", "DESK_EXTENSION_SECRET",
-    "DESK_CAPTURE_DIR", "PUBLIC_BASE_URL",
+    "DESK_CAPTURE_DIR", "PUBLIC_BASE_URL", "TELEGRAM_API_BASE", "TWILIO_API_BASE", "MEDIA_MAX_BYTES",
 )
+TELEGRAM_API_BASE = "https://api.telegram.org"
+TWILIO_API_BASE = "https://api.twilio.com"
+MEDIA_MAX_BYTES = 20 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -46,6 +49,9 @@ class Settings:
     desk_extension_secret: str | None = None
     desk_capture_dir: Path | None = None
     public_base_url: str | None = None
+    telegram_api_base: str = TELEGRAM_API_BASE
+    twilio_api_base: str = TWILIO_API_BASE
+    media_max_bytes: int = MEDIA_MAX_BYTES
 
     def __repr__(self) -> str:
         # Keep secrets out of tracebacks and debug output.
@@ -80,6 +86,9 @@ class Settings:
             desk_extension_secret=env.get("DESK_EXTENSION_SECRET") or None,
             desk_capture_dir=_writable_dir(env, "DESK_CAPTURE_DIR"),
             public_base_url=_public_base_url(env, allow_plain_http=_flag(env, "ALLOW_PRIVATE_OUTBOUND")),
+            telegram_api_base=_api_base(env, "TELEGRAM_API_BASE", TELEGRAM_API_BASE),
+            twilio_api_base=_api_base(env, "TWILIO_API_BASE", TWILIO_API_BASE),
+            media_max_bytes=int(_number(env, "MEDIA_MAX_BYTES", MEDIA_MAX_BYTES, 1024, 1 << 31, integer=True)),
         )
 
 
@@ -185,6 +194,26 @@ def _public_base_url(env: Mapping[str, str], *, allow_plain_http: bool) -> str |
     if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
         plain = " (http only with ALLOW_PRIVATE_OUTBOUND=true)" if not allow_plain_http else ""
         raise ConfigError(f"PUBLIC_BASE_URL must look like https://host[:port][/path]{plain}, got {raw!r}")
+    return raw.rstrip("/")
+
+
+def _api_base(env: Mapping[str, str], name: str, default: str) -> str:
+    """A provider's API base URL (SPEC B15): https://host[:port]; plain http (a local fake in tests)
+    only with ALLOW_PRIVATE_OUTBOUND."""
+    from urllib.parse import urlsplit
+
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        parts = urlsplit(raw)
+        parts.port  # noqa: B018 (raises on a malformed port)
+    except ValueError:
+        raise ConfigError(f"{name} is not a URL") from None
+    schemes = ("https", "http") if _flag(env, "ALLOW_PRIVATE_OUTBOUND") else ("https",)
+    if parts.scheme not in schemes or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigError(f"{name} must look like https://host[:port] (http only with ALLOW_PRIVATE_OUTBOUND=true), "
+                          f"got {raw!r}")
     return raw.rstrip("/")
 
 

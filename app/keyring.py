@@ -29,6 +29,7 @@ class Keyring:
         self._fernet = Fernet(base64.urlsafe_b64encode(_derive(secret_key, b"secrets")))
         self._state_key = _derive(secret_key, b"channel-state")
         self._digest_key = _derive(secret_key, b"digest")
+        self.media_key = _derive(secret_key, b"media-links")  # signs the media proxy's tokens (SPEC B15)
 
     def __repr__(self) -> str:
         return "Keyring(<redacted>)"

@@ -61,7 +61,7 @@ def test_list_pages_newest_first_with_a_cursor_on_the_api_and_the_cli(app, clien
     assert cli_json(app, "list", "--limit", "3") == first
     item = first["items"][0]
     assert set(item) == {"id", "channel_id", "desk_reply_id", "status", "attempts", "last_error", "external_id",
-                         "delivery_status", "created_at", "updated_at", "sent_at"}
+                         "delivery_status", "delivery_error", "created_at", "updated_at", "sent_at"}
     assert "secret customer words" not in json.dumps(first)
 
 

@@ -7,12 +7,17 @@ get a `ChannelConfig` and plain requests, and answer plain values or raise domai
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from app.domain.messages import IngestResult
+
+if TYPE_CHECKING:
+    import requests
+
+    from app.connectors.media import MediaLinks
 
 
 @dataclass(frozen=True)
@@ -34,13 +39,36 @@ class OutboundReply:
         """The same for every attempt at this reply, so the receiver can drop repeats."""
         return f"reply_{self.reply_id}"
 
+    def text_with_attachment_names(self) -> str:
+        """The plain text, with the names of the agent's attachments appended (SPEC B15: their links
+        need Desk's OAuth token, so connectors send names, not files)."""
+        names = [name for name in (attachment_name(item) for item in self.attachments) if name]
+        if not names:
+            return self.text
+        listed = "Attachments: " + ", ".join(names)
+        return f"{self.text}\n\n{listed}" if self.text else listed
+
+
+def attachment_name(attachment: Any) -> str | None:
+    """The file name of one of Desk's attachment objects (shape unknown, SPEC B15), if it has one."""
+    if isinstance(attachment, str):
+        return attachment.rsplit("/", 1)[-1] or None
+    if isinstance(attachment, Mapping):
+        for key in ("name", "fileName", "filename", "file_name"):
+            value = attachment.get(key)
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
 
 @dataclass(frozen=True)
 class Delivered:
-    """A delivery the external service accepted; external_id is its message id, if it gave one."""
+    """A delivery the external service accepted; external_id is its message id, if it gave one;
+    delivery_status its first delivery report (Twilio: queued, accepted), if it gives them."""
 
     external_id: str | None
     http_status: int | None = None
+    delivery_status: str | None = None
 
 
 class DeliveryError(Exception):
@@ -117,6 +145,47 @@ class InboundRequest:
     headers: Mapping[str, str]  # keys in lower case
     body: bytes
     content_type: str = ""
+    query_string: str = ""  # as received, without the "?"
+
+
+@dataclass(frozen=True)
+class DeliveryReport:
+    """A provider's later report on a reply it accepted (SPEC B15: Twilio's status callbacks)."""
+
+    external_id: str
+    status: str  # queued, sending, sent, delivered, undelivered, failed, read, ...
+    error_code: str | None = None
+    error_message: str | None = None
+
+
+@dataclass
+class MediaStream:
+    """A provider's file as the media proxy streams it (SPEC B15)."""
+
+    content_type: str
+    length: int | None  # from the provider's Content-Length, when it gave one
+    chunks: Iterator[bytes]
+    close: Callable[[], None]
+
+
+@dataclass(frozen=True)
+class SettingsChange:
+    """A kind's answer to `channel update`: the settings and secrets to store now."""
+
+    settings: dict[str, Any]
+    secrets: dict[str, str | None]  # in clear; None removes a secret; absent ones are kept
+
+
+@dataclass(frozen=True)
+class KindContext:
+    """What the assembly gives every connector kind."""
+
+    http: requests.Session
+    allow_private: bool
+    public_base_url: str | None
+    media: MediaLinks
+    telegram_api_base: str = "https://api.telegram.org"
+    twilio_api_base: str = "https://api.twilio.com"
 
 
 @dataclass(frozen=True)
@@ -177,4 +246,22 @@ class ConnectorKind(Protocol):
     def rotate_secret(self, channel: ChannelConfig, which: str, overlap_until: datetime | None) -> RotatedSecret:
         """A new `inbound` or `outbound` secret; the old inbound one may stay valid until overlap_until.
         Raises Invalid when the kind has no such secret."""
+        ...
+
+    def change_settings(self, channel: ChannelConfig, changes: Mapping[str, Any]) -> SettingsChange:
+        """Apply validated setting changes (`channel update`), calling the provider when they need it
+        (a new bot token registers the webhook); raises Invalid when it refuses them."""
+        ...
+
+    def read_status(self, channel: ChannelConfig, request: InboundRequest) -> list[DeliveryReport]:
+        """Verify and read a delivery status callback; NotFound for kinds without them."""
+        ...
+
+    def status_answer(self) -> InboundAnswer:
+        """The answer the service expects to a status callback."""
+        ...
+
+    def fetch_media(self, channel: ChannelConfig, ref: Mapping[str, Any], max_bytes: int) -> MediaStream:
+        """Open a provider file named by a media token's reference, with the channel's credentials;
+        raises ProviderFailed, TooLarge (a Content-Length over max_bytes) or NotFound."""
         ...

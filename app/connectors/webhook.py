@@ -17,17 +17,20 @@ from app.connectors.base import (
     ChannelConfig,
     Connector,
     Delivered,
+    DeliveryReport,
     InboundAnswer,
     InboundRequest,
+    MediaStream,
     NewChannel,
     OutboundReply,
     PermanentDeliveryError,
     RotatedSecret,
+    SettingsChange,
     TransientDeliveryError,
 )
 from app.connectors.http import HttpFailure, bounded_request
 from app.connectors.messages import load_messages
-from app.domain.errors import Unauthenticated
+from app.domain.errors import NotFound, Unauthenticated
 from app.domain.messages import IngestResult
 from app.keyring import new_webhook_secret
 from app.validation import Text, parse_json_object
@@ -111,6 +114,22 @@ class WebhookKind:
         settings["inbound_previous_until"] = overlap_until.isoformat()
         secrets = {"inbound_secret": new, "inbound_secret_previous": channel.secrets["inbound_secret"]}
         return RotatedSecret(settings, secrets, new, overlap_until)
+
+    def change_settings(self, channel: ChannelConfig, changes: Mapping[str, Any]) -> SettingsChange:
+        """A new outbound URL (already checked against the address policy)."""
+        return SettingsChange({**channel.settings, **changes}, {})
+
+    def read_status(self, channel: ChannelConfig, request: InboundRequest) -> list[DeliveryReport]:
+        """The webhook connector has no status callbacks."""
+        raise NotFound("no_status_callbacks", "This channel's connector sends no status callbacks.")
+
+    def status_answer(self) -> InboundAnswer:
+        """Never reached: read_status refuses."""
+        return InboundAnswer(204, "application/json", b"")
+
+    def fetch_media(self, channel: ChannelConfig, ref: Mapping[str, Any], max_bytes: int) -> MediaStream:
+        """The webhook connector's attachments are the sender's own links: nothing to proxy."""
+        raise NotFound("unknown_media", "There is no such media file.")
 
     def inbound_answer(self, result: IngestResult) -> InboundAnswer:
         """200 {"accepted": [...], "duplicates": [...]}."""

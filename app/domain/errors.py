@@ -62,3 +62,7 @@ class Unavailable(DomainError):
     def __init__(self, code: str, message: str, retry_after: int = 5) -> None:
         super().__init__(code, message)
         self.retry_after = retry_after
+
+
+class ProviderFailed(DomainError):
+    """A provider's API failed a request made on a client's behalf (the media proxy, SPEC B15)."""

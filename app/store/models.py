@@ -169,6 +169,11 @@ class Reply(Base):
     attempt_started_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    # A provider's delivery reports after it accepted the reply (SPEC B15, Twilio's status
+    # callbacks): the status stays `sent` (never sent again); these say what became of it.
+    delivery_status: Mapped[str | None] = mapped_column(String(16))
+    delivery_error: Mapped[str | None] = mapped_column(String(500))  # "<code>: <message>"
+    delivery_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 
 
 class ReplyAttempt(Base):

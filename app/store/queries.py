@@ -247,6 +247,8 @@ _RECORD_OUTCOME = (
         external_id=bindparam("new_external_id"),
         sent_at=bindparam("new_sent_at"),
         last_error=bindparam("new_last_error"),
+        delivery_status=bindparam("new_delivery_status"),
+        delivery_updated_at=bindparam("new_delivery_updated_at"),
         updated_at=bindparam("now"),
     )
 )
@@ -262,9 +264,12 @@ def record_outcome(
     now: datetime,
     external_id: str | None = None,
     last_error: str | None = None,
+    delivery_status: str | None = None,
 ) -> bool:
     """Write a delivery's outcome, unless another request has claimed the reply since."""
     params = {
+        "new_delivery_status": delivery_status,
+        "new_delivery_updated_at": now if delivery_status else None,
         "ledger_id": ledger_id,
         "claimed_at": claimed_at,
         "more_attempts": attempts,
@@ -467,3 +472,22 @@ def record_import(conn: Connection, channel_id: str, imported_seq: int, now: dat
 def import_state(conn: Connection, channel_id: str) -> Row[Any] | None:
     """A channel's import state row, or None when no import ever ran."""
     return conn.execute(select(_imports).where(_imports.c.channel_id == channel_id)).first()
+
+
+# ---------------------------------------------------------------- delivery reports (SPEC B15)
+
+
+def lock_sent_reply(conn: Connection, channel_id: str, external_id: str) -> Row[Any] | None:
+    """The sent ledger entry a provider's delivery report is about, locked until commit, or None."""
+    return conn.execute(
+        select(_replies.c.id, _replies.c.delivery_status)
+        .where(_replies.c.channel_id == channel_id, _replies.c.external_id == external_id,
+               _replies.c.status == "sent")
+        .with_for_update()
+    ).first()
+
+
+def record_delivery_report(conn: Connection, ledger_id: int, status: str, error: str | None, now: datetime) -> None:
+    """Write a provider's delivery report on a ledger entry."""
+    conn.execute(update(_replies).where(_replies.c.id == ledger_id).values(
+        delivery_status=status, delivery_error=error, delivery_updated_at=now))

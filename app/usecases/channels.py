@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -111,8 +112,8 @@ class _ChannelChanges(Schema):
     desk_domain = DeskDomain()
 
 
-def update_channel(db: Database, connectors: Connectors, channel_id: str, data: Any, *, stall_minutes: int,
-                   extension_secret: str | None = None) -> dict[str, Any]:
+def update_channel(db: Database, keyring: Keyring, connectors: Connectors, channel_id: str, data: Any, *,
+                   stall_minutes: int, extension_secret: str | None = None) -> dict[str, Any]:
     """Change a channel's name, Desk org or connector settings; the channel as `show` gives it."""
     if not isinstance(data, dict):
         raise Invalid("validation_error", "The changes must be a JSON object.")
@@ -130,7 +131,10 @@ def update_channel(db: Database, connectors: Connectors, channel_id: str, data: 
             if name in changes:
                 setattr(channel, name, changes.pop(name))
         if changes:
-            channel.settings = {**channel.settings, **changes}
+            # The kind may call its provider (a new bot token registers the webhook) before anything is stored.
+            change = kind.change_settings(ChannelConfig.from_row(channel, keyring.decrypt), changes)
+            channel.settings = change.settings
+            channel.secrets = _stored_secrets(keyring, channel.secrets, change.secrets)
         session.commit()
     return show_channel(db, channel_id, stall_minutes=stall_minutes, extension_secret=extension_secret)
 
@@ -158,13 +162,7 @@ def rotate_secret(
             until = now + timedelta(seconds=overlap_seconds) if which == "inbound" and overlap_seconds else None
             rotated = kind.rotate_secret(ChannelConfig.from_row(channel, keyring.decrypt), which, until)
             channel.settings = rotated.settings
-            stored = dict(channel.secrets)
-            for name, secret in rotated.secrets.items():
-                if secret is None:
-                    stored.pop(name, None)
-                else:
-                    stored[name] = keyring.encrypt(secret)
-            channel.secrets = stored
+            channel.secrets = _stored_secrets(keyring, channel.secrets, rotated.secrets)
             value, previous_valid_until = rotated.value, rotated.previous_valid_until
         session.commit()
     return {
@@ -193,6 +191,17 @@ def set_enabled(db: Database, channel_id: str, enabled: bool) -> dict[str, Any]:
         channel.enabled = enabled
         session.commit()
         return _summary(channel)
+
+
+def _stored_secrets(keyring: Keyring, stored: dict[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:
+    """A channel's secrets (ciphertexts) with `changes` (in clear; None removes one) applied."""
+    secrets_now = dict(stored)
+    for name, secret in changes.items():
+        if secret is None:
+            secrets_now.pop(name, None)
+        else:
+            secrets_now[name] = keyring.encrypt(secret)
+    return secrets_now
 
 
 def _check_plain_http(desk_domain: str | None, allow_private: bool) -> None:

@@ -27,7 +27,7 @@ MAX_DELETE_IDS = 300
 MAX_RETRY_BY_FILTER = 10_000
 STATUSES = ("pending", "sent", "failed")
 EXPORT_COLUMNS = ("id", "channel_id", "desk_reply_id", "status", "attempts", "last_error", "external_id",
-                  "delivery_status", "created_at", "updated_at", "sent_at")
+                  "delivery_status", "delivery_error", "created_at", "updated_at", "sent_at")
 
 
 class LedgerFilter(Schema):
@@ -80,7 +80,8 @@ def entry(reply: Reply) -> dict[str, Any]:
         "attempts": reply.attempts,
         "last_error": reply.last_error,
         "external_id": reply.external_id,
-        "delivery_status": None,  # a provider's later delivery report (SPEC B15), once connectors send one
+        "delivery_status": reply.delivery_status,  # a provider's later delivery report (SPEC B15)
+        "delivery_error": reply.delivery_error,
         "created_at": desk_time(reply.created_at),
         "updated_at": desk_time(reply.updated_at),
         "sent_at": optional_desk_time(reply.sent_at),

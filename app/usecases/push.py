@@ -135,7 +135,7 @@ def _deliver_claimed(
         if isinstance(outcome, Delivered):
             external_id = outcome.external_id or f"desk-reply-{entry.desk_reply_id}"
             queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="sent", now=now,
-                                   external_id=external_id)
+                                   external_id=external_id, delivery_status=outcome.delivery_status)
         else:
             queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="failed", now=now,
                                    last_error=outcome.message)

@@ -63,7 +63,8 @@ def update_channel(channel_id: str) -> Response:
     svc = services()
     body = parse_json_object(read_body(svc.settings.max_body_bytes))
     return json_response(
-        channels.update_channel(svc.db, svc.connectors, channel_id, body, stall_minutes=svc.settings.stall_minutes,
+        channels.update_channel(svc.db, svc.keyring, svc.connectors, channel_id, body,
+                                stall_minutes=svc.settings.stall_minutes,
                                 extension_secret=svc.settings.desk_extension_secret)
     )
 

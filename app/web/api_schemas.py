@@ -151,8 +151,11 @@ class LedgerEntry(Schema):
     attempts = fields.Integer(required=True)
     last_error = fields.String(required=True, allow_none=True)
     external_id = fields.String(required=True, allow_none=True)
-    delivery_status = fields.String(required=True, allow_none=True,
-                                    metadata={"description": "A provider's later delivery report."})
+    delivery_status = fields.String(required=True, allow_none=True, metadata={
+        "description": "A provider's delivery report after it accepted the reply (Twilio: queued, sent, delivered, "
+                       "undelivered, failed, read)."})
+    delivery_error = fields.String(required=True, allow_none=True, metadata={
+        "description": "The provider's error code and message with an undelivered or failed report."})
     created_at = fields.DateTime(required=True)
     updated_at = fields.DateTime(required=True)
     sent_at = fields.DateTime(required=True, allow_none=True)

@@ -27,6 +27,7 @@ STATUS: tuple[tuple[type[domain.DomainError], int], ...] = (
     (domain.Invalid, 422),
     (domain.DeliveryRejected, 422),
     (domain.DeliveryFailed, 502),
+    (domain.ProviderFailed, 502),
     (domain.Unavailable, 503),
 )
 
