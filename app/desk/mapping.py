@@ -9,8 +9,9 @@ from typing import Any
 
 from app.domain.replies import SentReply
 
-_ACTOR_FIELDS = (("id", "extId"), ("name", "name"), ("name", "displayName"), ("email", "email"),
-                 ("phone", "phone"), ("avatar_url", "photoURL"))
+# display_name (a connector's handle, Telegram's @username) overrides the name as displayName.
+_ACTOR_FIELDS = (("id", "extId"), ("name", "name"), ("name", "displayName"), ("display_name", "displayName"),
+                 ("email", "email"), ("phone", "phone"), ("avatar_url", "photoURL"))
 
 
 def desk_time(moment: datetime) -> str:
