@@ -377,6 +377,33 @@ def test_transient_failures_are_retried_until_success(monkeypatch: pytest.Monkey
     assert [reply for reply, _ in fake.deliveries] == [REPLY, REPLY, REPLY]
 
 
+@pytest.mark.parametrize("drops_repeats", [True, False])
+def test_an_unknown_outcome_is_sent_again_only_to_a_service_that_drops_repeats(
+    monkeypatch: pytest.MonkeyPatch, drops_repeats: bool
+) -> None:
+    clock = Clock(monkeypatch)
+    fake = FakeConnector(TransientDeliveryError("No answer in time.", outcome_unknown=True), Delivered("ext-9"))
+
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 10, sleep=clock.sleep, drops_repeats=drops_repeats)
+
+    if drops_repeats:
+        assert outcome == Delivered("ext-9") and len(attempts) == 2
+    else:  # SPEC B4: the reply may have arrived; sending it again could deliver it twice
+        assert isinstance(outcome, TransientDeliveryError) and len(fake.deliveries) == len(attempts) == 1
+        assert outcome.message == "No answer in time. Outcome unknown: not sent again automatically."
+
+
+def test_a_failure_known_not_to_have_reached_the_service_is_retried_even_without_repeat_dropping(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock(monkeypatch)
+    fake = FakeConnector(TransientDeliveryError("Connection refused."), Delivered("ext-9"))
+
+    outcome, attempts = deliver_paced(fake, REPLY, clock.now + 10, sleep=clock.sleep, drops_repeats=False)
+
+    assert outcome == Delivered("ext-9") and len(attempts) == 2
+
+
 def test_a_receiver_failing_every_time_gets_four_attempts_paced_about_half_1_5_and_3_5_seconds_apart(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

@@ -75,16 +75,19 @@ class DeliveryError(Exception):
     """A delivery failed; `transient` says whether trying again may help.
 
     `http_status` is the service's answer when there was one; `retry_after` the seconds
-    it asked us to wait (Retry-After, or its own "retry after N s").
+    it asked us to wait (Retry-After, or its own "retry after N s"); `outcome_unknown` that the
+    request may have reached the service (a timeout or a dropped connection after sending).
     """
 
     transient = False
 
-    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(self, message: str, *, http_status: int | None = None, retry_after: float | None = None,
+                 outcome_unknown: bool = False) -> None:
         super().__init__(message)
         self.message = message
         self.http_status = http_status
         self.retry_after = retry_after
+        self.outcome_unknown = outcome_unknown
 
 
 class TransientDeliveryError(DeliveryError):

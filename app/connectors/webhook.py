@@ -188,7 +188,7 @@ class WebhookConnector:
             answer = bounded_request(self._http, "POST", self._url, timeout, data=body, headers=headers)
         except HttpFailure as exc:
             error = TransientDeliveryError if exc.transient else PermanentDeliveryError
-            raise error(exc.message) from None
+            raise error(exc.message, outcome_unknown=exc.sent) from None
         status = answer.status
         if 200 <= status < 300:
             return Delivered(external_id=_message_id(answer.body), http_status=status)

@@ -22,15 +22,13 @@ from app.store import queries
 from app.store.models import ACTIVE_JOB_STATUSES, Channel, ChannelHealth, InboxMessage, Job, Reply
 from app.usecases import imports
 from app.usecases.clock import utcnow
-from app.usecases.push import deliver_reply
+from app.usecases.push import OUTCOME_UNKNOWN, deliver_reply
 
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Services, Mapping[str, Any]], None]
 
 SWEEP_BATCH = 500
-# SPEC B4: for a service that does not drop repeats, an unknown outcome is never sent again on its own.
-OUTCOME_UNKNOWN = "outcome unknown: not sent again automatically"
 PURGE_BATCH = 1000
 PURGE_BUDGET_SECONDS = 20.0  # a run stops here; the next run goes on where it stopped
 DONE_JOBS_KEPT = timedelta(days=1)

@@ -14,7 +14,14 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_at
 
 from app import metrics
 from app.connectors import Connectors
-from app.connectors.base import ChannelConfig, Connector, Delivered, DeliveryError, OutboundReply
+from app.connectors.base import (
+    ChannelConfig,
+    Connector,
+    Delivered,
+    DeliveryError,
+    OutboundReply,
+    TransientDeliveryError,
+)
 from app.desk.auth import DeskCaller, context_changes
 from app.domain.errors import Conflict, DeliveryFailed, DeliveryRejected, NotFound
 from app.domain.replies import AttemptRecord, ReplyIn, ReplyOutcome, SentReply
@@ -49,7 +56,8 @@ def push_reply(
     deadline = time.monotonic() + deadline_seconds
     # Everything that can fail before delivery happens before the reply is recorded,
     # so a recorded reply always gets an outcome.
-    connector = connectors[channel.connector].outbound(ChannelConfig.from_row(channel, keyring.decrypt))
+    kind = connectors[channel.connector]
+    connector = kind.outbound(ChannelConfig.from_row(channel, keyring.decrypt))
     now = utcnow()
     with db.write() as conn:
         queries.update_channel(conn, channel.id, context_changes(keyring, channel, caller, now))
@@ -58,7 +66,7 @@ def push_reply(
             entry = _reclaim(conn, channel.id, reply.desk_reply_id, deadline_seconds, now)
     if isinstance(entry, SentReply):
         return entry
-    return _raise_unless_sent(_deliver_claimed(db, connector, entry, now, deadline, sleep))
+    return _raise_unless_sent(_deliver_claimed(db, connector, entry, now, deadline, sleep, kind.drops_repeats))
 
 
 def deliver_reply(
@@ -79,12 +87,13 @@ def deliver_reply(
         channel = queries.channel_row(conn, found.channel_id) if found else None
     if found is None or channel is None:
         raise NotFound("unknown_reply", f"There is no reply {ledger_id}.")
-    connector = connectors[channel.connector].outbound(ChannelConfig.from_row(channel, keyring.decrypt))
+    kind = connectors[channel.connector]
+    connector = kind.outbound(ChannelConfig.from_row(channel, keyring.decrypt))
     with db.write() as conn:
         entry = _reclaim(conn, channel.id, found.desk_reply_id, deadline_seconds, now)
     if isinstance(entry, SentReply):
         return ReplyOutcome(ledger_id, "sent", 0, sent=entry)
-    return _deliver_claimed(db, connector, entry, now, deadline, sleep)
+    return _deliver_claimed(db, connector, entry, now, deadline, sleep, kind.drops_repeats)
 
 
 def _ledger_row(channel_id: str, reply: ReplyIn, now: datetime) -> dict[str, Any]:
@@ -124,10 +133,12 @@ def _reclaim(
 
 
 def _deliver_claimed(
-    db: Database, connector: Connector, entry: Row[Any], claimed_at: datetime, deadline: float, sleep: Sleep
+    db: Database, connector: Connector, entry: Row[Any], claimed_at: datetime, deadline: float, sleep: Sleep,
+    drops_repeats: bool,
 ) -> ReplyOutcome:
     """Deliver a claimed entry with paced retries and record every attempt and the outcome."""
-    outcome, attempts = deliver_paced(connector, outbound_reply(entry), deadline, sleep=sleep)
+    outcome, attempts = deliver_paced(connector, outbound_reply(entry), deadline, sleep=sleep,
+                                      drops_repeats=drops_repeats)
     now = utcnow()
     with db.write() as conn:
         queries.insert_attempts(conn, [{"reply_id": entry.id, **vars(attempt)} for attempt in attempts])
@@ -171,10 +182,13 @@ def outbound_reply(entry: Row[Any]) -> OutboundReply:
 
 
 def deliver_paced(
-    connector: Connector, reply: OutboundReply, deadline: float, *, sleep: Sleep = time.sleep
+    connector: Connector, reply: OutboundReply, deadline: float, *, sleep: Sleep = time.sleep,
+    drops_repeats: bool = True,
 ) -> tuple[Delivered | DeliveryError, list[AttemptRecord]]:
     """Deliver with SPEC B4's pacing: at most 4 attempts, backoff with jitter, Retry-After
-    honoured, never past the deadline; the outcome and every attempt made."""
+    honoured, never past the deadline; the outcome and every attempt made. For a service that
+    does not drop repeats (`drops_repeats` False), an attempt whose outcome is unknown (the
+    request may have reached it) ends the delivery: sending again could deliver the reply twice."""
     attempts: list[AttemptRecord] = []
 
     def attempt() -> Delivered:
@@ -205,8 +219,11 @@ def deliver_paced(
         # The next attempt must start, and have a moment to run, before the deadline.
         return time.monotonic() + state.upcoming_sleep + MIN_ATTEMPT_SECONDS > deadline
 
+    def worth_another(exc: BaseException) -> bool:
+        return isinstance(exc, DeliveryError) and exc.transient and (drops_repeats or not exc.outcome_unknown)
+
     retrying = Retrying(
-        retry=retry_if_exception(lambda exc: isinstance(exc, DeliveryError) and exc.transient),
+        retry=retry_if_exception(worth_another),
         wait=wait,
         stop=stop_after_attempt(len(BACKOFF_SECONDS) + 1) | out_of_time,
         sleep=sleep,
@@ -215,7 +232,15 @@ def deliver_paced(
     try:
         return retrying(attempt), attempts
     except DeliveryError as exc:
+        if exc.outcome_unknown and not drops_repeats:
+            unknown = TransientDeliveryError(f"{exc.message} {OUTCOME_UNKNOWN.capitalize()}.",
+                                             http_status=exc.http_status, outcome_unknown=True)
+            return unknown, attempts
         return exc, attempts
+
+
+# SPEC B4: a reply whose delivery may have happened is not sent again without a person asking.
+OUTCOME_UNKNOWN = "outcome unknown: not sent again automatically"
 
 
 def _ms_since(began: float) -> int:
