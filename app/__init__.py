@@ -52,6 +52,7 @@ def create_app(
             media=MediaLinks(keyring.media_key, settings.public_base_url),
             telegram_api_base=settings.telegram_api_base,
             twilio_api_base=settings.twilio_api_base,
+            secret_overlap_seconds=settings.secret_overlap_seconds,
         ),
     )
     init_request_logging(app)

@@ -84,6 +84,8 @@ def configure_logging(log_format: str, level: int = logging.INFO) -> None:
     if root.level == logging.NOTSET or root.level > level:
         root.setLevel(level)
     logging.getLogger("sqlalchemy").setLevel(max(logging.getLogger("sqlalchemy").level, logging.WARNING))
+    # urllib3's DEBUG lines hold request paths, and a Telegram Bot API path holds the bot token.
+    logging.getLogger("urllib3").setLevel(max(logging.getLogger("urllib3").level, logging.WARNING))
 
 
 def init_request_logging(app: Flask) -> None:

@@ -11,9 +11,11 @@ from app.config import TELEGRAM_API_BASE, TWILIO_API_BASE
 from app.connectors.base import ConnectorKind, KindContext
 from app.connectors.http import make_http_session
 from app.connectors.media import MediaLinks
+from app.connectors.telegram import TelegramKind
+from app.connectors.twilio import TwilioKind
 from app.connectors.webhook import WebhookKind
 
-CONNECTOR_TYPES = ("webhook",)
+CONNECTOR_TYPES = ("webhook", "telegram", "twilio")
 # A kind given to Connectors: an instance, or a factory that takes the KindContext (a kind's class).
 KindOrFactory = ConnectorKind | Callable[[KindContext], ConnectorKind]
 
@@ -30,14 +32,18 @@ class Connectors(Mapping[str, ConnectorKind]):
         media: MediaLinks | None = None,
         telegram_api_base: str = TELEGRAM_API_BASE,
         twilio_api_base: str = TWILIO_API_BASE,
+        secret_overlap_seconds: int = 86400,
     ) -> None:
         self.allow_private = allow_private
         self.http: requests.Session = make_http_session(allow_private=allow_private)
         self.media = media or MediaLinks(secrets.token_bytes(32), public_base_url)
         self.context = KindContext(self.http, allow_private, public_base_url, self.media,
-                                   telegram_api_base=telegram_api_base, twilio_api_base=twilio_api_base)
+                                   telegram_api_base=telegram_api_base, twilio_api_base=twilio_api_base,
+                                   secret_overlap_seconds=secret_overlap_seconds)
         self._kinds: dict[str, ConnectorKind] = {
             "webhook": WebhookKind(self.http, allow_private=allow_private),
+            "telegram": TelegramKind(self.context),
+            "twilio": TwilioKind(self.context),
         }
         for name, kind in (overrides or {}).items():
             self._kinds[name] = kind(self.context) if isinstance(kind, type) or _is_factory(kind) else kind

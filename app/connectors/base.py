@@ -189,6 +189,7 @@ class KindContext:
     media: MediaLinks
     telegram_api_base: str = "https://api.telegram.org"
     twilio_api_base: str = "https://api.twilio.com"
+    secret_overlap_seconds: int = 86400  # how long a replaced inbound credential keeps verifying
 
 
 @dataclass(frozen=True)

@@ -286,5 +286,6 @@ def _translate(exc: BaseException, peer: str) -> HttpFailure:
         return HttpFailure(f"Delivery failed: {type(exc).__name__}.", transient=True, sent=True)
     # Anything else is a bug of ours or of a library: log it, and still give the
     # caller an outcome rather than an exception it does not expect.
-    log.error("unexpected HTTP client error", exc_info=exc)
+    # The class only: an exception's text may hold the URL, and a Telegram URL holds the bot token.
+    log.error("unexpected HTTP client error: %s", type(exc).__name__)
     return HttpFailure(f"Delivery failed unexpectedly ({type(exc).__name__}).", transient=False, sent=True)

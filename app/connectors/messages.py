@@ -44,6 +44,7 @@ class AuthorSchema(Schema):
 
     id = Text(validate=validate.Length(max=255), allow_none=True)
     name = Text(validate=validate.Length(max=255), allow_none=True)
+    display_name = Text(validate=validate.Length(max=255), allow_none=True)  # a handle, shown in Desk
     email = Text(validate=validate.Length(max=255), allow_none=True)
     phone = Text(validate=validate.Length(max=64), allow_none=True)
     avatar_url = Text(validate=_URL, allow_none=True)

@@ -171,7 +171,7 @@ class Reply(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
     # A provider's delivery reports after it accepted the reply (SPEC B15, Twilio's status
     # callbacks): the status stays `sent` (never sent again); these say what became of it.
-    delivery_status: Mapped[str | None] = mapped_column(String(16))
+    delivery_status: Mapped[str | None] = mapped_column(String(32))
     delivery_error: Mapped[str | None] = mapped_column(String(500))  # "<code>: <message>"
     delivery_updated_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
 

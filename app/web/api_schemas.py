@@ -50,7 +50,10 @@ class DeskCredentials(Schema):
 
 class InboundShown(Schema):
     path = fields.String(required=True, metadata={"examples": ["/inbound/ch_abc"]})
-    secret = fields.String(required=True, metadata={"description": "whsec_..., shown only at creation."})
+    secret = fields.String(metadata={"description": "webhook connector: whsec_..., shown only at creation."})
+    webhook_url = fields.String(metadata={
+        "description": "telegram, twilio: the public URL the provider posts to (PUBLIC_BASE_URL + path)."})
+    status_callback_url = fields.String(metadata={"description": "twilio: where delivery reports arrive."})
 
 
 class OutboundShown(Schema):
@@ -69,8 +72,10 @@ class CreatedChannel(Schema):
     name = fields.String(required=True, allow_none=True)
     org_id = fields.String(required=True, allow_none=True)
     desk = fields.Nested(DeskCredentials, required=True)
-    inbound = fields.Nested(InboundShown, metadata={"description": "webhook connector."})
+    inbound = fields.Nested(InboundShown, required=True)
     outbound = fields.Nested(OutboundShown, metadata={"description": "webhook connector."})
+    settings = fields.Dict(metadata={"description": "telegram, twilio: the connector's settings, its secrets "
+                                                    "(bot_token, auth_token) shown only at creation."})
 
 
 class ChannelSummary(Schema):

@@ -25,7 +25,12 @@ def serve_media(token: str) -> Response:
     if stream.length is not None and stream.length > limit:
         stream.close()
         raise TooLarge("media_too_large", f"The file is larger than MEDIA_MAX_BYTES ({limit} bytes).")
-    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff"}
+    # A customer's file is served from our origin: never as active content (an HTML or SVG document
+    # would run there), and downloaded rather than shown unless it is an image, audio or video.
+    headers = {"Cache-Control": "private, max-age=3600", "X-Content-Type-Options": "nosniff",
+               "Content-Security-Policy": "sandbox; default-src 'none'"}
+    if not stream.content_type.startswith(("image/", "audio/", "video/")) or "svg" in stream.content_type:
+        headers["Content-Disposition"] = "attachment"
     if stream.length is not None:
         headers["Content-Length"] = str(stream.length)
     return Response(_capped(stream, limit), status=200, content_type=stream.content_type, headers=headers)

@@ -89,7 +89,8 @@ def _changes_body(kinds: Mapping[str, ConnectorKind]) -> Any:
             settings[field_name] = optional = copy.copy(field)
             optional.required = False
         per_kind.append(channels._ChannelChanges.from_dict(settings, name=f"{name.title()}ChannelChanges"))
-    return per_kind[0] if len(per_kind) == 1 else {"oneOf": per_kind}
+    # anyOf: every field is optional, so a body may fit several kinds (the channel's kind decides).
+    return per_kind[0] if len(per_kind) == 1 else {"anyOf": per_kind}
 
 
 def operations(kinds: Mapping[str, ConnectorKind]) -> dict[tuple[str, str], Operation]:

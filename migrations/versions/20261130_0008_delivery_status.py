@@ -20,7 +20,7 @@ depends_on: str | Sequence[str] | None = None
 
 def upgrade() -> None:
     with op.batch_alter_table("replies") as batch:
-        batch.add_column(sa.Column("delivery_status", sa.String(length=16), nullable=True))
+        batch.add_column(sa.Column("delivery_status", sa.String(length=32), nullable=True))
         batch.add_column(sa.Column("delivery_error", sa.String(length=500), nullable=True))
         batch.add_column(sa.Column("delivery_updated_at", sa.DateTime(timezone=True), nullable=True))
 
