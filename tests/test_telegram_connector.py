@@ -23,7 +23,8 @@ from werkzeug.serving import make_server
 from app.connectors.base import ChannelConfig, ChannelSecrets, KindContext, OutboundReply, PermanentDeliveryError
 from app.connectors.http import make_http_session
 from app.connectors.media import MediaLinks
-from app.connectors.telegram import TelegramKind, read_update, split_text, utf16_units
+from app.connectors.telegram import TelegramKind, read_update, split_text
+from app.connectors.text import utf16_units
 from app.domain.errors import Invalid
 from app.store.models import Channel, InboxMessage, Reply
 from app.usecases.channels import create_channel

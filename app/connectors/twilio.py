@@ -45,6 +45,7 @@ from app.connectors.base import (
 )
 from app.connectors.http import HttpAnswer, HttpFailure, bounded_request
 from app.connectors.messages import load_messages
+from app.connectors.text import split_text
 from app.domain.errors import Invalid, NotFound, ProviderFailed, TooLarge, Unauthenticated
 from app.domain.messages import IngestResult
 from app.validation import Text
@@ -609,36 +610,6 @@ def _sentence(text: str) -> str:
 
 
 def split_body(text: str, limit: int = MAX_BODY_UNITS) -> list[str]:
-    """A text in parts of at most `limit` UTF-16 units, cut at a paragraph, a line or a word when one
-    is in the second half of the part (else in the middle of a word)."""
-    parts: list[str] = []
-    rest = text
-    while _utf16_units(rest) > limit:
-        head = _fitting_prefix(rest, limit)
-        cut = len(head)
-        for separator in ("\n\n", "\n", " "):
-            found = head.rfind(separator)
-            if found >= len(head) // 2:
-                cut = found
-                break
-        part = rest[:cut].rstrip()
-        if part:
-            parts.append(part)
-        rest = rest[cut:].lstrip()
-    if rest or not parts:
-        parts.append(rest)
-    return parts
-
-
-def _utf16_units(text: str) -> int:
-    return len(text.encode("utf-16-le")) // 2
-
-
-def _fitting_prefix(text: str, limit: int) -> str:
-    """The longest prefix of whole characters that takes at most `limit` UTF-16 units."""
-    units = 0
-    for index, char in enumerate(text):
-        units += 2 if ord(char) > 0xFFFF else 1
-        if units > limit:
-            return text[:index]
-    return text
+    """A text in parts of at most `limit` UTF-16 units (Twilio's 1600), cut at a paragraph, a line or a
+    word when one is in the second half of the part; an empty text is one empty part."""
+    return split_text(text, limit) or [text]
