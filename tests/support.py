@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -13,6 +14,7 @@ from typing import Any
 from flask import Flask
 from sqlalchemy import event
 from standardwebhooks.webhooks import Webhook
+from werkzeug.serving import make_server
 
 from app.services import Services
 
@@ -82,3 +84,19 @@ def statements(app: Flask, verbs: tuple[str, ...] = ()) -> Iterator[list[str]]:
         yield seen
     finally:
         event.remove(engine, "before_cursor_execute", record)
+
+
+@contextmanager
+def serving(app: Flask) -> Iterator[str]:
+    """Serve the app over real HTTP on 127.0.0.1, one thread per request; its base URL."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(
+        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-app-server", daemon=True
+    )
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()

@@ -6,8 +6,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -16,20 +15,17 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from app.store.database import Database
 from app.store.models import Reply
 from app.usecases.clock import utcnow
 from tests.receiver import HANG, Answer, Receiver, closed_port
-from tests.support import desk_push_body
+from tests.support import desk_push_body, serving
 
 REPLY_ID = "287189379819"  # resource.id of the documented push body
 PARENT_ID = "1276576533"
 PUSH_URL = "/desk/push?orgId=42"
 DESK_TIME = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-
-
 
 
 def database(app: Flask) -> Database:
@@ -338,22 +334,6 @@ def test_outbound_url_refused_by_the_address_policy_at_delivery_gives_422_failed
 
 
 # --- the ledger across pushes: concurrency and crashes --------------------------------------------
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve the app over real HTTP on 127.0.0.1, one thread per request."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="test-app-server", daemon=True
-    )
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 @pytest.mark.parametrize("ledger_before", ["no entry", "pending left by a crash", "failed"])

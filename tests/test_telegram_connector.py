@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -18,7 +16,6 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from app.connectors.base import ChannelConfig, ChannelSecrets, KindContext, OutboundReply, PermanentDeliveryError
 from app.connectors.http import make_http_session
@@ -52,7 +49,7 @@ from tests.fake_telegram import (
     voice_update,
 )
 from tests.receiver import closed_port
-from tests.support import desk_push_body, services
+from tests.support import desk_push_body, services, serving
 
 PUBLIC_BASE_URL = "https://deskbridge.example"
 CHAT = 424242
@@ -115,20 +112,6 @@ def media_path(url: str) -> str:
     """The path of a media proxy link (the test client serves any host)."""
     assert url.startswith(f"{PUBLIC_BASE_URL}/media/"), url
     return urlsplit(url).path
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve the app over real HTTP on 127.0.0.1."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 # --- channel creation -----------------------------------------------------------------------------

@@ -16,7 +16,6 @@ from urllib.parse import urlencode, urlsplit
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import make_server
 
 from app.connectors.base import OutboundReply, PermanentDeliveryError
 from app.connectors.http import make_http_session
@@ -38,7 +37,7 @@ from tests.fake_twilio import (
     signature,
     status_callback_params,
 )
-from tests.support import desk_push_body, services
+from tests.support import desk_push_body, services, serving
 
 PUBLIC_BASE = "https://deskbridge.example"
 SMS_FROM = "+15550001111"
@@ -664,20 +663,6 @@ def test_split_body_keeps_parts_within_1600_utf16_units_and_loses_no_words() -> 
 
 
 # --- helpers -------------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving(app: Flask) -> Iterator[str]:
-    """Serve the app over real HTTP on 127.0.0.1."""
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_port}"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
 
 
 # What a scripted server answers: status, headers, body.
