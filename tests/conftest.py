@@ -32,8 +32,9 @@ pytest_plugins = ["tests.receiver", "tests.desk_emulator", "tests.live_server"]
 ROOT = Path(__file__).resolve().parent.parent
 PG_URL = os.environ.get("TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG_URL else [])
-TABLES = ("installations", "jobs", "channel_imports", "channel_health", "reply_attempts", "replies",
-          "inbox_messages", "conversations", "channels")
+TABLES = ("event_attempts", "event_deliveries", "events", "subscriptions", "installations", "jobs",
+          "channel_imports", "channel_health", "reply_attempts", "replies", "inbox_messages", "conversations",
+          "channels")
 ADMIN_TOKEN = "test-admin-token-0123456789"
 
 

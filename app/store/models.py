@@ -308,3 +308,93 @@ class Installation(Base):
     security_context_digest: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+# ---------------------------------------------------------------- event subscriptions (SPEC B16)
+
+EVENT_TYPES = (
+    "message.received", "message.synced",
+    "reply.received", "reply.sent", "reply.failed", "reply.status",
+    "channel.created", "channel.updated", "channel.disabled", "channel.enabled", "channel.deleted",
+    "channel.installed", "channel.uninstalled", "channel.stalled", "channel.recovered",
+)
+DELIVERY_STATUSES = ("pending", "retrying", "delivered", "failed")
+
+
+class Subscription(Base):
+    """Another system's subscription to deskbridge's events: where to send which, signed how."""
+
+    __tablename__ = "subscriptions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(2048))
+    events: Mapped[list[str]] = mapped_column(JSON)  # event types
+    channels: Mapped[list[str]] = mapped_column(JSON)  # channel ids; empty: every channel
+    description: Mapped[str | None] = mapped_column(String(500))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    secret: Mapped[str] = mapped_column(Text)  # whsec_..., a Fernet ciphertext
+    # Why deliveries stopped: "gone" (the receiver answered 410), "failing" (5 days of failures), or
+    # "operator"; None while enabled.
+    disabled_reason: Mapped[str | None] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class Event(Base):
+    """Something that happened, recorded in the transaction of the change it reports (an outbox).
+    Recorded only when a subscription wanted it; it outlives the channel it names."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_created_at", "created_at"),)
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)  # evt_<time><random>: sorts by time
+    type: Mapped[str] = mapped_column(String(32))
+    channel_id: Mapped[str | None] = mapped_column(String(64))  # no foreign key: events outlive channels
+    data: Mapped[dict[str, Any]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+
+
+class EventDelivery(Base):
+    """One event to one subscription: attempted until delivered or its schedule is spent."""
+
+    __tablename__ = "event_deliveries"
+    __table_args__ = (
+        Index("ix_event_deliveries_status_next", "status", "next_attempt_at"),
+        Index("ix_event_deliveries_subscription", "subscription_id", "status", "id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
+    subscription_id: Mapped[str] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
+    event_type: Mapped[str] = mapped_column(String(32))  # the event's, for filters and summaries
+    channel_id: Mapped[str | None] = mapped_column(String(64))  # the event's
+    status: Mapped[str] = mapped_column(String(10))  # pending, retrying, delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UtcDateTime())  # due, while pending or retrying
+    # The lease of the worker sending it: a killed worker's delivery is attempted again after it.
+    locked_by: Mapped[str | None] = mapped_column(String(128))
+    locked_until: Mapped[datetime | None] = mapped_column(UtcDateTime())
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(String(500))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    delivered_at: Mapped[datetime | None] = mapped_column(UtcDateTime())
+
+
+class EventAttempt(Base):
+    """One attempt at an event delivery: the executions history and its summaries."""
+
+    __tablename__ = "event_attempts"
+    __table_args__ = (
+        Index("ix_event_attempts_subscription_started", "subscription_id", "started_at"),
+        Index("ix_event_attempts_delivery", "delivery_id"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    delivery_id: Mapped[int] = mapped_column(BigId, ForeignKey("event_deliveries.id", ondelete="CASCADE"))
+    subscription_id: Mapped[str] = mapped_column(String(64))
+    started_at: Mapped[datetime] = mapped_column(UtcDateTime())
+    duration_ms: Mapped[int] = mapped_column(Integer)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    success: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(String(500))
