@@ -18,7 +18,10 @@ VARIABLES = (
     "ALLOW_PRIVATE_OUTBOUND", "MAX_BODY_BYTES", "INSTANCE_PATH", "LOG_FORMAT", "SQLITE_BUSY_TIMEOUT_SECONDS",
     "METRICS_TOKEN", "SECRET_OVERLAP_SECONDS", "STALL_MINUTES", "LEDGER_RETENTION_DAYS", "DESK_EXTENSION_SECRET",
     "DESK_CAPTURE_DIR", "PUBLIC_BASE_URL", "TELEGRAM_API_BASE", "TWILIO_API_BASE", "MEDIA_MAX_BYTES",
+    "EVENT_RETENTION_DAYS", "EVENT_RETRY_SCHEDULE",
 )
+# SPEC B16: attempts at once, then after 5 s, 5 min, 30 min, 2 h, 5 h, 10 h and 10 h.
+EVENT_RETRY_SCHEDULE = (0.0, 5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 TELEGRAM_API_BASE = "https://api.telegram.org"
 TWILIO_API_BASE = "https://api.twilio.com"
 MEDIA_MAX_BYTES = 20 * 1024 * 1024
@@ -52,6 +55,8 @@ class Settings:
     telegram_api_base: str = TELEGRAM_API_BASE
     twilio_api_base: str = TWILIO_API_BASE
     media_max_bytes: int = MEDIA_MAX_BYTES
+    event_retention_days: int = 60
+    event_retry_schedule: tuple[float, ...] = EVENT_RETRY_SCHEDULE
 
     def __repr__(self) -> str:
         # Keep secrets out of tracebacks and debug output.
@@ -89,6 +94,8 @@ class Settings:
             telegram_api_base=_api_base(env, "TELEGRAM_API_BASE", TELEGRAM_API_BASE),
             twilio_api_base=_api_base(env, "TWILIO_API_BASE", TWILIO_API_BASE),
             media_max_bytes=int(_number(env, "MEDIA_MAX_BYTES", MEDIA_MAX_BYTES, 1024, 1 << 31, integer=True)),
+            event_retention_days=int(_number(env, "EVENT_RETENTION_DAYS", 60, 7, 3650, integer=True)),
+            event_retry_schedule=_schedule(env, "EVENT_RETRY_SCHEDULE", EVENT_RETRY_SCHEDULE),
         )
 
 
@@ -195,6 +202,20 @@ def _public_base_url(env: Mapping[str, str], *, allow_plain_http: bool) -> str |
         plain = " (http only with ALLOW_PRIVATE_OUTBOUND=true)" if not allow_plain_http else ""
         raise ConfigError(f"PUBLIC_BASE_URL must look like https://host[:port][/path]{plain}, got {raw!r}")
     return raw.rstrip("/")
+
+
+def _schedule(env: Mapping[str, str], name: str, default: tuple[float, ...]) -> tuple[float, ...]:
+    """A retry schedule: comma-separated delays in seconds before each attempt, the first usually 0."""
+    raw = (env.get(name) or "").strip()
+    if not raw:
+        return default
+    try:
+        delays = tuple(float(part) for part in raw.split(","))
+    except ValueError:
+        raise ConfigError(f"{name} must be comma-separated seconds, got {raw!r}") from None
+    if not 1 <= len(delays) <= 20 or any(not 0 <= delay <= 7 * 86400 for delay in delays):
+        raise ConfigError(f"{name} must list 1 to 20 delays of 0 to 604800 seconds, got {raw!r}")
+    return delays
 
 
 def _api_base(env: Mapping[str, str], name: str, default: str) -> str:
