@@ -14,13 +14,14 @@ from sqlalchemy import String, Table, and_, cast, delete, exists, func, literal,
 from sqlalchemy.dialects import postgresql, sqlite
 
 from app.desk.invoke import InvokeClient
+from app.desk.mapping import optional_desk_time
 from app.domain.errors import Conflict, NotFound
 from app.domain.health import channel_status, synced_at, synced_seq
 from app.jobs.queue import enqueue
 from app.services import Services
 from app.store import queries
 from app.store.models import ACTIVE_JOB_STATUSES, Channel, ChannelHealth, InboxMessage, Job, Reply
-from app.usecases import imports
+from app.usecases import events, imports
 from app.usecases.clock import utcnow
 from app.usecases.push import OUTCOME_UNKNOWN, deliver_reply
 
@@ -74,7 +75,7 @@ def sweep_replies(svc: Services, payload: Mapping[str, Any]) -> None:
     # A pending entry without an attempt started was queued for a retry (SPEC B10) at updated_at.
     with svc.db.read() as conn:
         abandoned = conn.execute(
-            select(Reply.id, Reply.attempt_started_at, Channel.connector)
+            select(Reply.id, Reply.desk_reply_id, Reply.channel_id, Reply.attempt_started_at, Channel.connector)
             .join(Channel, Channel.id == Reply.channel_id)
             .where(Reply.status == "pending", func.coalesce(Reply.attempt_started_at, Reply.updated_at) < cutoff,
                    _no_active_retry())
@@ -89,8 +90,11 @@ def sweep_replies(svc: Services, payload: Mapping[str, Any]) -> None:
             kind = svc.connectors.get(entry.connector)
             if entry.attempt_started_at is not None and kind is not None and not kind.drops_repeats:
                 # Only if nobody has claimed the entry since it was read.
-                given_up += queries.record_outcome(conn, entry.id, entry.attempt_started_at, attempts=0,
-                                                   status="failed", now=now, last_error=OUTCOME_UNKNOWN)
+                if queries.record_outcome(conn, entry.id, entry.attempt_started_at, attempts=0, status="failed",
+                                          now=now, last_error=OUTCOME_UNKNOWN):
+                    given_up += 1
+                    events.record_event(conn, "reply.failed", entry.channel_id, events.reply_data(
+                        entry, status="failed", reason=OUTCOME_UNKNOWN), now)
             else:
                 queued += enqueue(conn, "reply.retry", {"ledger_id": entry.id}, unique_key=f"reply:{entry.id}")
     log.info("abandoned replies: %d queued for delivery, %d failed with an unknown outcome", queued, given_up,
@@ -124,12 +128,14 @@ def check_channel_health(svc: Services, payload: Mapping[str, Any]) -> None:
     )
     with svc.db.read() as conn:
         channels = conn.execute(
-            select(Channel.id, Channel.enabled, Channel.last_seq, Channel.acked_seq, Channel.imported_seq,
-                   Channel.acked_at, Channel.last_import_at, oldest_waiting.label("oldest_waiting_at"),
-                   ChannelHealth.status.label("last_status"))
+            select(Channel.id, Channel.name, Channel.org_id, Channel.connector, Channel.desk_domain, Channel.enabled,
+                   Channel.last_seq, Channel.acked_seq, Channel.imported_seq, Channel.acked_at,
+                   Channel.last_import_at, Channel.last_pull_at, Channel.created_at,
+                   oldest_waiting.label("oldest_waiting_at"), ChannelHealth.status.label("last_status"))
             .outerjoin(ChannelHealth, ChannelHealth.channel_id == Channel.id)
         ).all()
     changes = []
+    health_events: list[events.NewEvent] = []
     for channel in channels:
         backlog = channel.last_seq - synced_seq(channel.acked_seq, channel.imported_seq)
         last_synced = synced_at(channel.acked_at, channel.last_import_at)
@@ -141,15 +147,19 @@ def check_channel_health(svc: Services, payload: Mapping[str, Any]) -> None:
         changes.append({"channel_id": channel.id, "status": status, "changed_at": now})
         extra = {"job": "channels.health", "channel_id": channel.id, "status": status, "backlog": backlog}
         if status == "stalled":
+            health_events.append(("channel.stalled", channel.id, events.channel_data(
+                channel, backlog=backlog, oldest_waiting_at=optional_desk_time(channel.oldest_waiting_at))))
             log.warning("channel %s is stalled: %d messages waiting, the oldest since %s; Desk last got "
                         "messages (pull cursor or import) %s", channel.id, backlog,
                         channel.oldest_waiting_at.isoformat(), last_synced.isoformat() if last_synced else "never",
                         extra=extra)
         elif channel.last_status == "stalled":
+            health_events.append(("channel.recovered", channel.id, events.channel_data(channel, backlog=backlog)))
             log.info("channel %s is no longer stalled: %s", channel.id, status, extra=extra)
     if changes:
         with svc.db.write() as conn:
             conn.execute(_UPSERT_HEALTH[conn.dialect.name], changes)
+            events.record_events(conn, health_events, now)
 
 
 def purge_expired(svc: Services, payload: Mapping[str, Any]) -> None:

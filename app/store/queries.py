@@ -155,6 +155,13 @@ def conversations_first_between(conn: Connection, channel_id: str, after_seq: in
     return conn.execute(_CONVERSATIONS_FIRST_BETWEEN, params).all()
 
 
+def lock_sync_cursors(conn: Connection, channel_id: str) -> Row[Any] | None:
+    """A channel's acked_seq and imported_seq, its row locked until commit (for message.synced)."""
+    return conn.execute(
+        select(_channels.c.acked_seq, _channels.c.imported_seq).where(_channels.c.id == channel_id).with_for_update()
+    ).first()
+
+
 def record_pull(
     conn: Connection, channel_id: str, acked_seq: int | None, now: datetime, more: dict[str, Any] | None = None
 ) -> None:
@@ -398,6 +405,12 @@ def channels_of_desk_orgs(conn: Connection, org_ids: Sequence[str]) -> dict[str,
     return found
 
 
+def org_channels(conn: Connection, org_id: str) -> Sequence[Row[Any]]:
+    """A Desk org's channels as rows, oldest first."""
+    return conn.execute(select(_channels).where(in_desk_org(org_id)).order_by(_channels.c.created_at,
+                                                                              _channels.c.id)).all()
+
+
 def channel_ids(conn: Connection, org_id: str | None) -> list[str]:
     """The ids of a Desk org's channels, or of every channel when org_id is None, oldest first."""
     stmt = select(_channels.c.id).order_by(_channels.c.created_at, _channels.c.id)
@@ -480,7 +493,7 @@ def import_state(conn: Connection, channel_id: str) -> Row[Any] | None:
 def lock_sent_reply(conn: Connection, channel_id: str, external_id: str) -> Row[Any] | None:
     """The sent ledger entry a provider's delivery report is about, locked until commit, or None."""
     return conn.execute(
-        select(_replies.c.id, _replies.c.delivery_status)
+        select(_replies.c.id, _replies.c.desk_reply_id, _replies.c.delivery_status)
         .where(_replies.c.channel_id == channel_id, _replies.c.external_id == external_id,
                _replies.c.status == "sent")
         .with_for_update()

@@ -19,6 +19,7 @@ from app.keyring import Keyring, hash_token, new_token
 from app.store import queries
 from app.store.database import Database
 from app.store.models import Channel, ChannelImport
+from app.usecases import events
 from app.usecases.clock import utcnow
 from app.usecases.imports import import_status
 from app.validation import DEFAULT_DESK_DOMAIN, DeskDomain, Text, load
@@ -72,6 +73,8 @@ def create_channel(db: Database, keyring: Keyring, connectors: Connectors, data:
     )
     with db.session(write=True) as session:
         session.add(channel)
+        session.flush()
+        _record(session, "channel.created", channel)
         session.commit()
     return {
         "id": channel.id,
@@ -135,6 +138,8 @@ def update_channel(db: Database, keyring: Keyring, connectors: Connectors, chann
             change = kind.change_settings(ChannelConfig.from_row(channel, keyring.decrypt), changes)
             channel.settings = change.settings
             channel.secrets = _stored_secrets(keyring, channel.secrets, change.secrets)
+        session.flush()
+        _record(session, "channel.updated", channel)
         session.commit()
     return show_channel(db, channel_id, stall_minutes=stall_minutes, extension_secret=extension_secret)
 
@@ -180,7 +185,9 @@ def delete_channel(db: Database, channel_id: str, confirm: str | None) -> None:
             f"Deleting a channel deletes its inbox and reply ledger: confirm with its id ({channel_id}).",
         )
     with db.session(write=True) as session:
-        session.delete(_get(session, channel_id))
+        channel = _get(session, channel_id)
+        _record(session, "channel.deleted", channel)
+        session.delete(channel)
         session.commit()
 
 
@@ -188,9 +195,18 @@ def set_enabled(db: Database, channel_id: str, enabled: bool) -> dict[str, Any]:
     """Enable or disable a channel; the channel as listed."""
     with db.session(write=True) as session:
         channel = _get(session, channel_id)
+        changed = channel.enabled != enabled
         channel.enabled = enabled
+        session.flush()
+        if changed:
+            _record(session, "channel.enabled" if enabled else "channel.disabled", channel)
         session.commit()
         return _summary(channel)
+
+
+def _record(session: Session, kind: str, channel: Channel) -> None:
+    """A channel.* event (SPEC B16), in the session's transaction."""
+    events.record_event(session.connection(), kind, channel.id, events.channel_data(channel))
 
 
 def _stored_secrets(keyring: Keyring, stored: dict[str, str], changes: Mapping[str, str | None]) -> dict[str, str]:

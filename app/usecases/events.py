@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import Connection, Row, insert, select, text
 
 from app.desk.mapping import desk_time, optional_desk_time
+from app.store import queries
 from app.store.models import EVENT_TYPES, Event, EventDelivery, InboxMessage, Subscription
 from app.usecases.clock import utcnow
 
@@ -150,8 +151,34 @@ def channel_data(channel: Any, **more: Any) -> dict[str, Any]:
     }
 
 
-def synced_messages(conn: Connection, channel_id: str, after_seq: int, up_to_seq: int) -> Sequence[Row[Any]]:
-    """The ids of the messages a pull or import just moved past (for message.synced)."""
+def sync_cursors_if_wanted(conn: Connection, channel_id: str) -> Row[Any] | None:
+    """The channel's acked_seq and imported_seq, its row locked until commit, when a subscription
+    wants message.synced for it (else None, and no lock): read before a pull or an import moves them."""
+    if not _anyone_wants(conn, "message.synced", channel_id):
+        return None
+    return queries.lock_sync_cursors(conn, channel_id)
+
+
+def record_synced(conn: Connection, channel_id: str, before: Any, acked_seq: int, imported_seq: int,
+                  now: datetime) -> int:
+    """message.synced for each message that Desk's cursor or an import has just moved past, once:
+    `before` holds the channel's cursors as sync_cursors_if_wanted read them, the others are the new ones."""
+    old = max(before.acked_seq, before.imported_seq)
+    new = max(before.acked_seq, before.imported_seq, acked_seq, imported_seq)
+    if new <= old:
+        return 0
+    moved_past = _messages_between(conn, channel_id, old, new)
+    return record_events(conn, [
+        ("message.synced", channel_id, {"message_id": m.ext_id, "conversation_id": m.conversation_ext_id})
+        for m in moved_past
+    ], now)
+
+
+def _anyone_wants(conn: Connection, kind: str, channel_id: str | None) -> bool:
+    return any(_wants(s, kind, channel_id) for s in conn.execute(_ENABLED))
+
+
+def _messages_between(conn: Connection, channel_id: str, after_seq: int, up_to_seq: int) -> Sequence[Row[Any]]:
     return conn.execute(
         select(InboxMessage.ext_id, InboxMessage.conversation_ext_id)
         .where(InboxMessage.channel_id == channel_id, InboxMessage.seq > after_seq, InboxMessage.seq <= up_to_seq)

@@ -27,6 +27,7 @@ from app.jobs.queue import enqueue
 from app.keyring import Keyring
 from app.store import queries
 from app.store.database import Database
+from app.usecases import events
 from app.usecases.clock import utcnow
 from app.usecases.pull import sync_batch
 
@@ -126,7 +127,10 @@ def import_channel(db: Database, keyring: Keyring, client: InvokeClient, channel
         # else: echoes of our own replies only; Desk is given nothing and the cursor moves past them.
         with db.write() as conn:
             now = utcnow()
+            before = events.sync_cursors_if_wanted(conn, channel_id)
             queries.record_import(conn, channel_id, batch.last_seq, now)
+            if before is not None:
+                events.record_synced(conn, channel_id, before, before.acked_seq, batch.last_seq, now)
             held = queries.update_import(conn, channel_id, holder, {
                 **_settled(now), "locked_by": holder, "locked_until": now + timedelta(seconds=LEASE_SECONDS)})
             if not held:

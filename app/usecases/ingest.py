@@ -16,7 +16,7 @@ from app.keyring import Keyring
 from app.rendering import html_to_text, sanitize_html, subject_line
 from app.store import queries
 from app.store.database import Database
-from app.usecases import imports
+from app.usecases import events, imports
 from app.usecases.clock import utcnow
 
 SUBJECT_SOURCE_CHARS = 4096
@@ -124,6 +124,8 @@ def _ingest_once(
         # since rows are only inserted while the channel is locked.
         queries.insert_new_conversations(conn, list(conversations.values()))
         queries.insert_messages(conn, rows)
+        events.record_events(
+            conn, [("message.received", channel_id, events.message_data(row, with_content=True)) for row in rows], now)
         if queue_import:
             imports.queue_import(conn, channel_id)
     return fresh

@@ -18,6 +18,7 @@ from app.desk.mapping import desk_time, optional_desk_time
 from app.keyring import Keyring
 from app.store import queries
 from app.store.database import Database
+from app.usecases import events
 from app.usecases.clock import utcnow
 from app.usecases.paging import Page, PageQuery, decode_cursor, encode_cursor, not_a_cursor
 from app.validation import load
@@ -57,9 +58,12 @@ def record_callback(db: Database, keyring: Keyring, callback: Callback) -> dict[
         if callback.event == callbacks.UNINSTALL:
             values.update(status="uninstalled", uninstalled_at=now)
             disabled = queries.disable_for_uninstall(conn, callback.org_id)
+            if installation.status == "installed" or installation.uninstalled_at is None:  # not a repeat
+                _record_for_org(conn, "channel.uninstalled", callback.org_id, now)
         elif callback.event in callbacks.INSTALLING_EVENTS:
             if installation.status != "installed" or installation.installed_at is None:
                 values.update(status="installed", installed_at=now)
+                _record_for_org(conn, "channel.installed", callback.org_id, now)
             enabled = queries.enable_after_install(conn, callback.org_id)
         queries.update_installation(conn, callback.org_id, values)
     status = values.get("status", installation.status)
@@ -67,6 +71,17 @@ def record_callback(db: Database, keyring: Keyring, callback: Callback) -> dict[
              f", channels disabled: {', '.join(disabled)}" if disabled else "",
              f", channels enabled again: {', '.join(enabled)}" if enabled else "")
     return {"ok": True}
+
+
+def _record_for_org(conn: Connection, kind: str, org_id: str, now: datetime) -> None:
+    """channel.installed or channel.uninstalled (SPEC B16): one event per channel of the org, or one
+    with no channel when the org has none."""
+    channels = queries.org_channels(conn, org_id)
+    if not channels:
+        events.record_event(conn, kind, None, {"channel": None, "org_id": org_id}, now)
+        return
+    events.record_events(
+        conn, [(kind, channel.id, events.channel_data(channel, org_id=org_id)) for channel in channels], now)
 
 
 def _locked_installation(conn: Connection, callback: Callback, now: datetime) -> Row[Any]:

@@ -15,6 +15,7 @@ from app.desk.state import DamagedState, decode_state, encode_state
 from app.keyring import Keyring
 from app.store import queries
 from app.store.database import Database
+from app.usecases import events
 from app.usecases.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,10 @@ def pull(
         changes["acked_at"] = now
     if changes or acked_grows or channel.last_pull_at is None or now - channel.last_pull_at >= LAST_PULL_RESOLUTION:
         with db.write() as conn:
+            before = events.sync_cursors_if_wanted(conn, channel.id) if acked_grows else None
             queries.record_pull(conn, channel.id, acked, now, changes)
+            if before is not None and acked is not None:
+                events.record_synced(conn, channel.id, before, acked, before.imported_seq, now)
     return answer
 
 

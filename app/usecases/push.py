@@ -29,6 +29,7 @@ from app.keyring import Keyring
 from app.rendering import html_to_text
 from app.store import queries
 from app.store.database import Database
+from app.usecases import events
 from app.usecases.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ def push_reply(
         entry = queries.insert_reply_if_new(conn, _ledger_row(channel.id, reply, now))
         if entry is None:
             entry = _reclaim(conn, channel.id, reply.desk_reply_id, deadline_seconds, now)
+        else:
+            events.record_event(conn, "reply.received", channel.id,
+                                events.reply_data(entry, status="pending", with_content=True), now)
     if isinstance(entry, SentReply):
         return entry
     return _raise_unless_sent(_deliver_claimed(db, connector, entry, now, deadline, sleep, kind.drops_repeats))
@@ -145,11 +149,15 @@ def _deliver_claimed(
         # Only the delivery that holds the claim writes its outcome.
         if isinstance(outcome, Delivered):
             external_id = outcome.external_id or f"desk-reply-{entry.desk_reply_id}"
-            queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="sent", now=now,
-                                   external_id=external_id, delivery_status=outcome.delivery_status)
-        else:
-            queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="failed", now=now,
-                                   last_error=outcome.message)
+            if queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="sent", now=now,
+                                      external_id=external_id, delivery_status=outcome.delivery_status):
+                events.record_event(conn, "reply.sent", entry.channel_id, events.reply_data(
+                    entry, status="sent", external_id=external_id, delivery_status=outcome.delivery_status,
+                    with_content=True), now)
+        elif queries.record_outcome(conn, entry.id, claimed_at, attempts=len(attempts), status="failed", now=now,
+                                    last_error=outcome.message):
+            events.record_event(conn, "reply.failed", entry.channel_id,
+                                events.reply_data(entry, status="failed", reason=outcome.message), now)
     metrics.push_delivered(outcome, claimed_at)
     if isinstance(outcome, Delivered):
         return ReplyOutcome(entry.id, "sent", len(attempts), sent=_sent(entry, external_id, now))

@@ -11,6 +11,7 @@ from app.domain.errors import NotFound
 from app.keyring import Keyring
 from app.store import queries
 from app.store.database import Database
+from app.usecases import events
 from app.usecases.clock import utcnow
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,9 @@ def receive_status(
             if report.error_code or report.error_message:
                 error = f"{report.error_code or 'error'}: {report.error_message or ''}".rstrip(": ")[:MAX_ERROR_LENGTH]
             queries.record_delivery_report(conn, entry.id, report.status, error, now)
+            events.record_event(conn, "reply.status", channel_id, events.reply_data(
+                entry, status="sent", external_id=report.external_id, delivery_status=report.status, reason=error),
+                now)
             if report.status in ("undelivered", "failed"):
                 log.warning("reply %d was not delivered by the provider (%s): %s", entry.id, report.status,
                             error or "no reason given", extra={**extra, "reply_id": entry.id})
