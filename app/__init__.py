@@ -22,6 +22,7 @@ def create_app(
     `connectors` replace or add connector kinds by name (tests inject fakes here)."""
     from app.cli import channel_cli, installation_cli, replies_cli
     from app.cli_extension import extension_cli
+    from app.cli_webhooks import webhooks_cli
     from app.jobs.cli import worker_cli
     from app.web.admin import admin_api
     from app.web.capture import init_capture
@@ -66,4 +67,5 @@ def create_app(
     app.cli.add_command(replies_cli)
     app.cli.add_command(installation_cli)
     app.cli.add_command(extension_cli)
+    app.cli.add_command(webhooks_cli)
     return app

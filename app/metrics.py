@@ -59,6 +59,8 @@ PUSH_OUTCOMES = ("sent", "already_sent", "conflict", "failed", "rejected")
 ATTEMPT_OUTCOMES = ("sent", "transient", "permanent")
 INBOUND_RESULTS = ("accepted", "duplicate", "rejected")
 CHANNEL_STATUSES = ("ok", "stalled", "disabled")
+# What an event delivery attempt (SPEC B16) left the delivery as.
+EVENT_DELIVERY_OUTCOMES = ("delivered", "retrying", "failed")
 # Methods outside this set (any token is a valid HTTP method) share one label value.
 METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"  # the endpoint label of a request that matched no URL rule
@@ -108,9 +110,22 @@ class Families:
         self.jobs = Counter(
             "deskbridge_jobs_total", "Background jobs finished, by kind and status.", ("kind", "status")
         )
+        self.event_deliveries = Counter(
+            "deskbridge_event_deliveries_total",
+            "Event delivery attempts to subscribers, by what they left the delivery as: delivered, retrying "
+            "(attempted again later) or failed (no attempt left, refused, 410 Gone; also a delivery of a "
+            "disabled subscription, failed without an attempt).",
+            ("outcome",),
+        )
+        self.event_delivery_duration = Histogram(
+            "deskbridge_event_delivery_duration_seconds",
+            "Time of one event delivery attempt, from sending to the answer (or the timeout).",
+            buckets=PUSH_BUCKETS,
+        )
         # Resolved now: a label lookup takes a lock and builds a tuple, a dict lookup does neither.
         self.push_outcomes = {outcome: self.pushes.labels(outcome) for outcome in PUSH_OUTCOMES}
         self.attempt_outcomes = {outcome: self.delivery_attempts.labels(outcome) for outcome in ATTEMPT_OUTCOMES}
+        self.event_outcomes = {outcome: self.event_deliveries.labels(outcome) for outcome in EVENT_DELIVERY_OUTCOMES}
         self._requests: dict[tuple[str, str, int], tuple[Counter, Histogram]] = {}
 
     def request_answered(self, endpoint: str, method: str, status: int, started: float | None) -> None:
@@ -192,6 +207,19 @@ def import_finished(outcome: str) -> None:
 def job_finished(kind: str, status: str) -> None:
     """Count one background job that ended (kind: the job's kind, never an id; status: done, failed, ...)."""
     families().jobs.labels(kind, status).inc()
+
+
+def event_delivery_attempted(outcome: str, seconds: float) -> None:
+    """Count one event delivery attempt by outcome (delivered, retrying, failed) and observe its duration."""
+    recorded = families()
+    recorded.event_outcomes[outcome].inc()
+    recorded.event_delivery_duration.observe(seconds)
+
+
+def event_deliveries_failed_unsent(count: int) -> None:
+    """Count deliveries failed without an attempt (their subscription is disabled)."""
+    if count:
+        families().event_outcomes["failed"].inc(count)
 
 
 class CountedInbound:

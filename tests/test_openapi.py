@@ -16,7 +16,8 @@ from jsonschema import Draft202012Validator
 from openapi_spec_validator import validate as validate_openapi
 
 from app.connectors.fake import FakeConnector, FakeWebhookKind
-from app.store.models import Reply, ReplyAttempt
+from app.store.models import Event, EventAttempt, EventDelivery, Reply, ReplyAttempt
+from app.usecases.events import new_event_id
 from app.web import openapi
 from tests.conftest import ADMIN_TOKEN
 from tests.support import services
@@ -280,6 +281,75 @@ def test_ledger_answers_conform_to_the_documented_schemas(app, client, channel) 
     assert len(shown.json["attempts_history"]) == 2
     assert retried.json["queued"] == [ids["failed"]]
     assert [s["id"] for s in retried.json["skipped"]] == [ids["sent"], 999999]
+
+
+def add_event_deliveries(app: Flask, subscription_id: str) -> dict[str, int]:
+    """A failed delivery, a retrying one and a delivered one, each with an attempt."""
+    ids = {}
+    with services(app).db.session(write=True) as session:
+        for n, status in enumerate(("failed", "retrying", "delivered")):
+            created = DAY + timedelta(minutes=n)
+            event = Event(id=new_event_id(), type="reply.sent", channel_id=None, data={}, created_at=created)
+            delivery = EventDelivery(
+                event_id=event.id, subscription_id=subscription_id, event_type=event.type, channel_id=None,
+                status=status, attempts=2,
+                next_attempt_at=created + timedelta(hours=1) if status == "retrying" else None,
+                last_status_code=200 if status == "delivered" else 503,
+                last_error=None if status == "delivered" else "HTTP 503", created_at=created, updated_at=created,
+                delivered_at=created if status == "delivered" else None)
+            session.add_all([event, delivery])
+            session.flush()
+            session.add(EventAttempt(delivery_id=delivery.id, subscription_id=subscription_id, started_at=created,
+                                     duration_ms=25, status_code=delivery.last_status_code,
+                                     success=status == "delivered", error=delivery.last_error))
+            ids[status] = delivery.id
+        session.commit()
+    return ids
+
+
+def test_webhook_answers_conform_to_the_documented_schemas(app, client, channel) -> None:
+    api = DocumentedClient(client, fetch_document(client))
+    one = "/api/webhooks/{subscription_id}"
+
+    created = api.call("POST", "/api/webhooks", 201, json={
+        "url": "http://127.0.0.1:9/hooks", "events": ["reply.sent", "channel.deleted"], "channels": [channel["id"]],
+        "description": "CRM", "enabled": True})
+    at = f"/api/webhooks/{created.json['id']}"
+    ids = add_event_deliveries(app, created.json["id"])
+    api.call("POST", "/api/webhooks", 201, json={"url": "http://127.0.0.1:9/all", "events": ["reply.failed"]})
+    page = api.call("GET", "/api/webhooks", 200, path="/api/webhooks?limit=1")
+    api.call("GET", "/api/webhooks", 200, path=f"/api/webhooks?cursor={page.json['next_cursor']}&status=enabled")
+    api.call("GET", "/api/webhooks", 422, path="/api/webhooks?limit=251")
+    api.call("GET", one, 200, path=at)
+    api.call("GET", one, 404, path="/api/webhooks/whk_nope")
+    api.call("GET", one, 401, path=at, headers={})
+    api.call("PATCH", one, 200, path=at, json={"enabled": False, "channels": [], "description": None})
+    api.call("PATCH", one, 200, path=at, json={"enabled": True, "events": ["message.received"]})
+    api.call("PATCH", one, 422, path=at, json={"events": ["reply.lost"]})
+    api.call("POST", "/api/webhooks", 422, json={"url": "ftp://x.example/", "events": ["*"]})
+    api.call("POST", "/api/webhooks", 400, data="[]", content_type="application/json")
+    api.call("POST", one + "/rotate-secret", 200, path=at + "/rotate-secret")
+    failures = api.call("GET", one + "/failures", 200, path=at + "/failures?limit=1")
+    api.call("GET", one + "/failures", 200, path=f"{at}/failures?cursor={failures.json['next_cursor']}")
+    api.call("GET", one + "/failures", 422, path=at + "/failures?status=delivered")
+    api.call("GET", one + "/failures/export", 200, path=at + "/failures/export?format=jsonl")
+    api.call("GET", one + "/failures/export", 200, path=at + "/failures/export?format=csv&type=reply.sent")
+    api.call("GET", one + "/failures/export", 422, path=at + "/failures/export?format=xml")
+    api.call("GET", one + "/summary", 200, path=at + "/summary")
+    api.call("GET", one + "/executions/summary", 200, path=at + "/executions/summary")
+    api.call("GET", one + "/executions/summary", 200, path=at + "/executions/summary?interval=hour&since=2026-11-01")
+    api.call("GET", one + "/executions/summary", 422, path=at + "/executions/summary?interval=week")
+    retried = api.call("POST", one + "/failures/retry", 202, path=at + "/failures/retry",
+                       json={"ids": [ids["failed"], ids["delivered"], 999999]})
+    api.call("POST", one + "/failures/retry", 422, path=at + "/failures/retry", json={"ids": list(range(1, 101))})
+    api.call("POST", one + "/failures/retry", 404, path="/api/webhooks/whk_nope/failures/retry", json={"ids": [1]})
+    api.call("POST", one + "/failures/delete", 200, path=at + "/failures/delete", json={"ids": [ids["retrying"]]})
+    api.call("POST", one + "/failures/delete", 422, path=at + "/failures/delete", json={"ids": []})
+    api.call("DELETE", one, 204, path=at)
+    api.call("DELETE", one, 404, path=at)
+
+    assert retried.json["queued"] == [ids["failed"]]
+    assert [s["id"] for s in retried.json["skipped"]] == [ids["delivered"], 999999]
 
 
 def test_a_key_the_document_does_not_describe_fails_the_check(client, channel) -> None:

@@ -502,7 +502,7 @@ def test_no_attempt_is_given_time_beyond_the_deadline() -> None:
 
     assert isinstance(outcome, TransientDeliveryError)
     assert len(attempts) == 2  # 0.3 s, about 0.5 s of backoff, 0.3 s; no room for 1.5 s more
-    assert time.monotonic() - started <= 1.2 + 0.1
+    assert time.monotonic() - started <= 1.2 + 0.5  # slack for a loaded machine; the bound that matters:
     for began, (_, timeout) in zip(fake.started, fake.deliveries, strict=True):
         assert began + timeout <= deadline + 0.06  # MIN_ATTEMPT_SECONDS of slack at most
     assert all(a.duration_ms >= 250 for a in attempts)

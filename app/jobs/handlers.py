@@ -24,6 +24,7 @@ from app.store.models import ACTIVE_JOB_STATUSES, Channel, ChannelHealth, InboxM
 from app.usecases import events, imports
 from app.usecases.clock import utcnow
 from app.usecases.push import OUTCOME_UNKNOWN, deliver_reply
+from app.usecases.subscriptions import purge_expired_events
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +165,8 @@ def check_channel_health(svc: Services, payload: Mapping[str, Any]) -> None:
 
 def purge_expired(svc: Services, payload: Mapping[str, Any]) -> None:
     """Delete, in bounded batches, ledger entries past LEDGER_RETENTION_DAYS that are not pending
-    (their attempts go with them), done jobs after a day, and failed jobs past the ledger's retention."""
+    (their attempts go with them), done jobs after a day, failed jobs past the ledger's retention,
+    and finished event deliveries and events past EVENT_RETENTION_DAYS."""
     now = utcnow()
     kept_until = now - timedelta(days=svc.settings.ledger_retention_days)
     budget_ends = time.monotonic() + PURGE_BUDGET_SECONDS
@@ -181,6 +183,9 @@ def purge_expired(svc: Services, payload: Mapping[str, Any]) -> None:
         "failed jobs": _purge(svc, jobs, and_(jobs.c.status == "failed", jobs.c.finished_at < kept_until),
                               budget_ends),
     }
+    # Event deliveries and events past EVENT_RETENTION_DAYS (SPEC B16), once finished.
+    for what, count in purge_expired_events(svc.db, now, svc.settings.event_retention_days, budget_ends).items():
+        deleted[what] = count
     if any(deleted.values()):
         log.info("retention: deleted %s", ", ".join(f"{count} {what}" for what, count in deleted.items()),
                  extra={"job": "retention"})

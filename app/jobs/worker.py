@@ -1,5 +1,6 @@
 """The worker: threads that claim jobs and run their handlers under a lease that a heartbeat
-renews, and the scheduling of recurring jobs (SPEC B17).
+renews, the scheduling of recurring jobs, and the delivery of events to subscribers (SPEC B16,
+B17: one thread coordinating a pool of sender threads, woken like the job threads).
 
 Recurring jobs are ordinary jobs with a unique_key: every worker makes sure one is queued, the
 key lets only one exist at a time however many workers run, and the worker that completes one
@@ -25,6 +26,8 @@ from app.jobs.handlers import HANDLERS, Handler, RetryLater
 from app.jobs.queue import ClaimedJob
 from app.services import Services
 from app.store.database import DatabaseUnavailable
+from app.usecases import event_delivery
+from app.usecases.event_delivery import EventDeliverer, event_http_session
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +65,8 @@ RECURRING = (
 
 
 class Worker:
-    """Runs jobs in `concurrency` threads until stop() (SIGTERM, SIGINT in `flask worker`)."""
+    """Runs jobs in `concurrency` threads, and delivers events (unless deliver_events is False), until
+    stop() (SIGTERM, SIGINT in `flask worker`)."""
 
     def __init__(
         self,
@@ -73,6 +77,10 @@ class Worker:
         poll_seconds: float | None = None,
         handlers: Mapping[str, Handler] | None = None,
         recurring: Sequence[Recurring] = RECURRING,
+        deliver_events: bool = True,
+        event_senders: int = event_delivery.SENDERS,
+        event_lease_seconds: float = event_delivery.LEASE_SECONDS,
+        event_timeout_seconds: float = event_delivery.TIMEOUT_SECONDS,
     ) -> None:
         self.svc = svc
         self.id = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -90,6 +98,10 @@ class Worker:
         self._stopped = threading.Event()
         self._running: dict[str, ClaimedJob] = {}  # by the holder's id (one per thread)
         self._lock = threading.Lock()
+        self.deliver_events = deliver_events
+        self.event_senders = event_senders
+        self.event_lease_seconds = event_delivery.checked_lease(event_timeout_seconds, event_lease_seconds)
+        self.event_timeout_seconds = event_timeout_seconds
 
     def run(self, wait_for_stop: Callable[[float], bool] | None = None) -> None:
         """Work until stop(), or until wait_for_stop(timeout) says to (it waits up to timeout seconds);
@@ -99,13 +111,16 @@ class Worker:
             threading.Thread(target=self._work, args=(f"{self.id}/{n}",), name=f"job-thread-{n}", daemon=True)
             for n in range(self.concurrency)
         ]
+        if self.deliver_events:
+            threads.append(threading.Thread(target=self._deliver_events, name="event-delivery", daemon=True))
         helpers = [threading.Thread(target=self._heartbeat, name="job-heartbeat", daemon=True)]
         if self._listens:
             helpers.append(threading.Thread(target=self._listen, name="job-listener", daemon=True))
         for thread in [*threads, *helpers]:
             thread.start()
-        log.info("background worker %s started: %d threads, %g s leases", self.id, self.concurrency,
-                 self.lease_seconds, extra={"worker": self.id, "pid": os.getpid()})
+        events = f", events by {self.event_senders} senders" if self.deliver_events else ""
+        log.info("background worker %s started: %d threads, %g s leases%s", self.id, self.concurrency,
+                 self.lease_seconds, events, extra={"worker": self.id, "pid": os.getpid()})
         try:
             while True:
                 self.schedule_recurring()
@@ -177,6 +192,30 @@ class Worker:
                         self._wake.notify_all()
                         self._wake.wait(self.poll_seconds)
                         self._idle -= 1
+
+    def _deliver_events(self) -> None:
+        """Deliver events until stopped (SPEC B16); the sends under way end and are recorded first."""
+        settings = self.svc.settings
+        http = event_http_session(allow_private=settings.allow_private_outbound, connections=self.event_senders)
+        deliverer = EventDeliverer(
+            self.svc.db, self.svc.keyring, http, worker_id=f"{self.id}/events",
+            schedule=settings.event_retry_schedule, allow_private=settings.allow_private_outbound,
+            senders=self.event_senders, timeout=self.event_timeout_seconds, lease_seconds=self.event_lease_seconds,
+        )
+        try:
+            deliverer.run(self._stopping, self._wait_for_work, self.poll_seconds)
+        except Exception:
+            log.exception("event delivery stopped unexpectedly; the deliveries it held are attempted again once "
+                          "their leases expire")
+        finally:
+            deliverer.close()
+            http.close()
+
+    def _wait_for_work(self, timeout: float) -> None:
+        """Wait until woken (a notification, stop()) or timeout."""
+        with self._wake:
+            if not self._stopping.is_set():
+                self._wake.wait(timeout)
 
     def wait_until_idle(self, threads: int, timeout: float) -> bool:
         """Block until `threads` threads wait for work (for tests and diagnostics); whether they did."""

@@ -1,4 +1,5 @@
-"""The admin API behind a bearer token (SPEC B7, B10, B12): channels and their operations, installations."""
+"""The admin API behind a bearer token (SPEC B7, B10, B12, B16): channels and their operations, installations,
+event subscriptions (webhooks) and their failed executions."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from flask import Blueprint, Response, request, stream_with_context
 
 from app.domain.errors import Invalid, NotFound, Unauthenticated
 from app.services import services
-from app.usecases import channels, installations, ledger
+from app.usecases import channels, installations, ledger, subscriptions
 from app.validation import parse_json_object
 from app.web.body import read_body
 from app.web.errors import json_response
@@ -131,6 +132,86 @@ def replies_summary() -> Response:
 def list_installations() -> Response:
     page = installations.list_installations(services().db, request.args.to_dict())
     return json_response({"items": page.items, "next_cursor": page.next_cursor})
+
+
+@admin_api.post("/webhooks")
+def create_webhook() -> Response:
+    svc = services()
+    body = parse_json_object(read_body(svc.settings.max_body_bytes))
+    created = subscriptions.create_subscription(svc.db, svc.keyring, body,
+                                                allow_private=svc.settings.allow_private_outbound)
+    return json_response(created, 201)
+
+
+@admin_api.get("/webhooks")
+def list_webhooks() -> Response:
+    page = subscriptions.list_subscriptions(services().db, request.args.to_dict())
+    return json_response({"items": page.items, "next_cursor": page.next_cursor})
+
+
+@admin_api.get("/webhooks/<subscription_id>")
+def show_webhook(subscription_id: str) -> Response:
+    return json_response(subscriptions.show_subscription(services().db, subscription_id))
+
+
+@admin_api.patch("/webhooks/<subscription_id>")
+def update_webhook(subscription_id: str) -> Response:
+    svc = services()
+    body = parse_json_object(read_body(svc.settings.max_body_bytes))
+    return json_response(subscriptions.update_subscription(svc.db, subscription_id, body,
+                                                           allow_private=svc.settings.allow_private_outbound))
+
+
+@admin_api.delete("/webhooks/<subscription_id>")
+def delete_webhook(subscription_id: str) -> Response:
+    subscriptions.delete_subscription(services().db, subscription_id)
+    return Response(status=204)
+
+
+@admin_api.post("/webhooks/<subscription_id>/rotate-secret")
+def rotate_webhook_secret(subscription_id: str) -> Response:
+    svc = services()
+    return json_response(subscriptions.rotate_subscription_secret(svc.db, svc.keyring, subscription_id))
+
+
+@admin_api.get("/webhooks/<subscription_id>/failures")
+def list_webhook_failures(subscription_id: str) -> Response:
+    page = subscriptions.list_failures(services().db, subscription_id, request.args.to_dict())
+    return json_response({"items": page.items, "next_cursor": page.next_cursor})
+
+
+@admin_api.post("/webhooks/<subscription_id>/failures/retry")
+def retry_webhook_failures(subscription_id: str) -> Response:
+    svc = services()
+    body = parse_json_object(read_body(svc.settings.max_body_bytes))
+    return json_response(subscriptions.retry_failures(svc.db, subscription_id, body), 202)
+
+
+@admin_api.post("/webhooks/<subscription_id>/failures/delete")
+def delete_webhook_failures(subscription_id: str) -> Response:
+    svc = services()
+    body = parse_json_object(read_body(svc.settings.max_body_bytes))
+    return json_response(subscriptions.delete_failures(svc.db, subscription_id, body))
+
+
+@admin_api.get("/webhooks/<subscription_id>/failures/export")
+def export_webhook_failures(subscription_id: str) -> Response:
+    query = request.args.to_dict()
+    fmt = query.pop("format", "csv")
+    lines = subscriptions.export_failures(services().db, subscription_id, query, fmt)
+    mimetype = "text/csv" if fmt == "csv" else "application/x-ndjson"
+    headers = {"Content-Disposition": f'attachment; filename="{subscription_id}-failures.{fmt}"'}
+    return Response(stream_with_context(lines), mimetype=mimetype, headers=headers)
+
+
+@admin_api.get("/webhooks/<subscription_id>/summary")
+def webhook_summary(subscription_id: str) -> Response:
+    return json_response(subscriptions.summarise(services().db, subscription_id, request.args.to_dict()))
+
+
+@admin_api.get("/webhooks/<subscription_id>/executions/summary")
+def webhook_executions_summary(subscription_id: str) -> Response:
+    return json_response(subscriptions.summarise_executions(services().db, subscription_id, request.args.to_dict()))
 
 
 @admin_api.get("/openapi.json")

@@ -1,4 +1,4 @@
-"""Marshmallow schemas of the admin API's answers (SPEC B7, B8, B10), for its OpenAPI document
+"""Marshmallow schemas of the admin API's answers (SPEC B7, B8, B10, B12, B16), for its OpenAPI document
 (app/web/openapi.py); the use cases build the answers as plain dicts, these describe them.
 
 Every field an answer always carries is `required` (nullable ones `allow_none`), and a schema
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from app.store.models import INSTALLATION_STATUSES
+from app.store.models import EVENT_TYPES, INSTALLATION_STATUSES
+from app.usecases import subscriptions
 from app.usecases.channels import ROTATABLE
 from app.usecases.ledger import STATUSES, LedgerFilter
 
@@ -26,6 +27,7 @@ class PathParameters(Schema):
 
     channel_id = fields.String(required=True, metadata={"examples": ["ch_x7Jq0aR2s9T1vW3yZ5b8cQ"]})
     ledger_id = fields.Integer(required=True, metadata={"description": "deskbridge's ledger id."})
+    subscription_id = fields.String(required=True, metadata={"examples": ["whk_Q2x9fLr0aB7cD1eF3gH5iJ"]})
 
 
 # ---------------------------------------------------------------- errors (SPEC B8)
@@ -243,3 +245,103 @@ class Installation(Schema):
 class InstallationPage(Schema):
     items = fields.List(fields.Nested(Installation), required=True)
     next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page."})
+
+
+# ---------------------------------------------------------------- event subscriptions (SPEC B16)
+
+
+class Webhook(Schema):
+    """An event subscription (never its secret)."""
+
+    id = fields.String(required=True, metadata={"examples": ["whk_Q2x9fLr0aB7cD1eF3gH5iJ"]})
+    url = fields.String(required=True)
+    events = fields.List(fields.String(validate=validate.OneOf(EVENT_TYPES)), required=True)
+    channels = fields.List(fields.String(), required=True, metadata={"description": "Empty: every channel."})
+    description = fields.String(required=True, allow_none=True)
+    enabled = fields.Boolean(required=True)
+    disabled_reason = fields.String(required=True, allow_none=True, validate=validate.OneOf(
+        ("gone", "failing", "operator")), metadata={
+        "description": "While disabled: gone (the receiver answered 410), failing (every delivery failed for 5 "
+                       "days) or operator."})
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class CreatedWebhook(Webhook):
+    secret = fields.String(required=True, metadata={
+        "description": "whsec_..., the Standard Webhooks signing secret, shown this once."})
+
+
+class WebhookPage(Schema):
+    items = fields.List(fields.Nested(Webhook), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page."})
+
+
+class WebhookSecret(Schema):
+    secret = fields.String(required=True, metadata={
+        "description": "The new whsec_... secret, shown this once; the next attempt is signed with it."})
+
+
+class Failure(Schema):
+    """A delivery whose last attempt failed."""
+
+    id = fields.Integer(required=True, metadata={"description": "The delivery's id: what retry, delete take."})
+    event_id = fields.String(required=True, metadata={"description": "The event's id: the webhook-id header of "
+                                                                      "every attempt.", "examples": ["evt_..."]})
+    type = fields.String(required=True, validate=validate.OneOf(EVENT_TYPES))
+    channel_id = fields.String(required=True, allow_none=True)
+    status = fields.String(required=True, validate=validate.OneOf(subscriptions.FAILURE_STATUSES), metadata={
+        "description": "retrying (another attempt at next_attempt_at), or failed once the schedule is spent."})
+    attempts = fields.Integer(required=True)
+    last_status_code = fields.Integer(required=True, allow_none=True)
+    last_error = fields.String(required=True, allow_none=True)
+    next_attempt_at = fields.DateTime(required=True, allow_none=True, metadata={"description": "While retrying."})
+    created_at = fields.DateTime(required=True)
+    updated_at = fields.DateTime(required=True)
+
+
+class FailurePage(Schema):
+    items = fields.List(fields.Nested(Failure), required=True)
+    next_cursor = fields.String(required=True, allow_none=True, metadata={"description": "null on the last page."})
+
+
+class FailuresExportQuery(subscriptions.FailuresFilter):
+    format = fields.String(load_default="csv", validate=validate.OneOf(EXPORT_FORMATS))
+
+
+class SkippedDelivery(Schema):
+    id = fields.Integer(required=True)
+    reason = fields.String(required=True, metadata={"examples": [
+        "already delivered", "not found", "being delivered right now", "subscription disabled"]})
+
+
+class DeliveryRetryAnswer(Schema):
+    queued = fields.List(fields.Integer(), required=True, metadata={"description": "Due again now."})
+    skipped = fields.List(fields.Nested(SkippedDelivery), required=True)
+
+
+class DeliveryCounts(Schema):
+    delivered = fields.Integer(required=True)
+    retrying = fields.Integer(required=True)
+    failed = fields.Integer(required=True)
+
+
+class WebhookSummary(Schema):
+    counts = fields.Nested(DeliveryCounts, required=True)
+    by_type = fields.Dict(keys=fields.String(validate=validate.OneOf(EVENT_TYPES)),
+                          values=fields.Nested(DeliveryCounts), required=True,
+                          metadata={"description": "The same counts per event type (types with deliveries only)."})
+
+
+class ExecutionInterval(Schema):
+    start = fields.DateTime(required=True)
+    attempts = fields.Integer(required=True)
+    successes = fields.Integer(required=True)
+    failures = fields.Integer(required=True)
+    p50_ms = fields.Integer(required=True, allow_none=True, metadata={"description": "Over every attempt."})
+    p95_ms = fields.Integer(required=True, allow_none=True)
+
+
+class ExecutionsSummary(Schema):
+    intervals = fields.List(fields.Nested(ExecutionInterval), required=True,
+                            metadata={"description": "Oldest first; intervals without attempts are left out."})

@@ -1,7 +1,7 @@
 """The admin API's OpenAPI 3.1 document (SPEC B17: `GET /api/openapi.json`).
 
 apispec and its marshmallow plugin write it from marshmallow schemas: the use cases' input
-schemas (app/usecases/channels.py, ledger.py, with the connectors' own settings fields) and
+schemas (app/usecases/channels.py, ledger.py, subscriptions.py, with the connectors' own settings fields) and
 the answers' schemas of app/web/api_schemas.py; nothing here is a hand-written JSON schema.
 
 The paths are the app's own: every URL rule under /api/ that `operations()` describes (keyed by
@@ -29,7 +29,7 @@ from werkzeug.routing import Rule
 
 from app.connectors.base import ConnectorKind
 from app.metrics import build_version
-from app.usecases import channels, installations, ledger
+from app.usecases import channels, installations, ledger, subscriptions
 from app.web import api_schemas as answers
 
 API_PREFIX = "/api/"
@@ -43,7 +43,7 @@ ERRORS: dict[int, tuple[str, str]] = {
     400: ("BadRequest", "The body is not a JSON object (invalid_json), or a confirmation is missing "
                         "(confirmation_required)."),
     401: ("Unauthorized", "The bearer token is missing or wrong."),
-    404: ("NotFound", "No such channel or reply, or the admin API is off (ADMIN_TOKEN unset)."),
+    404: ("NotFound", "No such channel, reply or webhook, or the admin API is off (ADMIN_TOKEN unset)."),
     413: ("TooLarge", "The body is larger than MAX_BODY_BYTES."),
     422: ("Invalid", "The input is not valid: `fields` names each field and what is wrong with it."),
     503: ("Unavailable", "The database does not answer; ask again after Retry-After seconds."),
@@ -147,6 +147,51 @@ def operations(kinds: Mapping[str, ConnectorKind]) -> dict[tuple[str, str], Oper
             "List the Desk installations that platform callbacks recorded, with their channels", "installations",
             200, answers.InstallationPage, query=installations.InstallationsQuery, errors=(*ALWAYS, 422),
             description=f"Newest first (by when an org was first heard of). {entries} Never a securityContext."),
+        ("admin_api.create_webhook", "POST"): Operation(
+            "Subscribe a URL to events; the answer shows its signing secret this once", "webhooks", 201,
+            answers.CreatedWebhook, body=subscriptions.NewSubscription, errors=ALWAYS + BODY,
+            description="The URL follows the outbound address policy; unknown event types and unknown channel ids "
+                        "are refused (422 naming the field). Deliveries are Standard Webhooks signed with the "
+                        "secret; the webhook-id is the event's id."),
+        ("admin_api.list_webhooks", "GET"): Operation(
+            "List webhooks (event subscriptions)", "webhooks", 200, answers.WebhookPage,
+            query=subscriptions.SubscriptionsQuery, errors=(*ALWAYS, 422), description=f"{entries} No secrets."),
+        ("admin_api.show_webhook", "GET"): Operation(
+            "Show a webhook (no secret)", "webhooks", 200, answers.Webhook),
+        ("admin_api.update_webhook", "PATCH"): Operation(
+            "Change a webhook's URL, events, channels, description or state", "webhooks", 200, answers.Webhook,
+            body=subscriptions.SubscriptionChanges, errors=ALWAYS + BODY,
+            description="Enabling clears disabled_reason; disabling sets it to \"operator\". Channel ids must name "
+                        "existing channels, except those the webhook already has."),
+        ("admin_api.delete_webhook", "DELETE"): Operation(
+            "Delete a webhook with its deliveries (the events stay)", "webhooks", 204),
+        ("admin_api.rotate_webhook_secret", "POST"): Operation(
+            "Replace a webhook's signing secret; the answer shows the new one this once", "webhooks", 200,
+            answers.WebhookSecret, description="The next attempt of every delivery is signed with it."),
+        ("admin_api.list_webhook_failures", "GET"): Operation(
+            "List a webhook's failed executions: deliveries whose last attempt failed", "webhooks", 200,
+            answers.FailurePage, query=subscriptions.FailuresQuery, errors=(*ALWAYS, 422), description=entries),
+        ("admin_api.retry_webhook_failures", "POST"): Operation(
+            "Attempt failed deliveries again now, with the same event id", "webhooks", 202,
+            answers.DeliveryRetryAnswer, body=subscriptions.RetryFailures, errors=ALWAYS + BODY,
+            description=f"At most {subscriptions.MAX_RETRY_IDS} delivery ids. Delivered ones, unknown ids, ones being "
+                        "attempted right now and every one of a disabled webhook are skipped."),
+        ("admin_api.delete_webhook_failures", "POST"): Operation(
+            "Delete failed deliveries", "webhooks", 200, answers.DeleteAnswer, body=subscriptions.DeleteFailures,
+            errors=ALWAYS + BODY, description=f"At most {subscriptions.MAX_DELETE_IDS} delivery ids; ids of "
+                                              "deliveries that are not failures of this webhook are left alone."),
+        ("admin_api.export_webhook_failures", "GET"): Operation(
+            "Export a webhook's failed executions, oldest first, streamed", "webhooks", 200,
+            content={"text/csv": fields.String(metadata={"description": "A header line, then one delivery a line."}),
+                     "application/x-ndjson": answers.Failure},
+            query=answers.FailuresExportQuery, errors=(*ALWAYS, 422),
+            description="`format=csv` (the default) answers text/csv; `format=jsonl` one JSON delivery a line."),
+        ("admin_api.webhook_summary", "GET"): Operation(
+            "Count a webhook's deliveries: delivered, retrying, failed, in all and per event type", "webhooks", 200,
+            answers.WebhookSummary, query=subscriptions.SummaryQuery, errors=(*ALWAYS, 422)),
+        ("admin_api.webhook_executions_summary", "GET"): Operation(
+            "A webhook's attempts per hour or day: successes, failures and durations", "webhooks", 200,
+            answers.ExecutionsSummary, query=subscriptions.ExecutionsQuery, errors=(*ALWAYS, 422)),
         ("admin_api.openapi_document", "GET"): Operation(
             "This document", "meta", 200, content={"application/json": fields.Dict()},
             errors=(404,), public=True, description="Needs no token; 404 while ADMIN_TOKEN is unset."),
@@ -210,7 +255,7 @@ def build_spec(app: Flask) -> APISpec:
         version=build_version(),
         openapi_version=OPENAPI_VERSION,
         plugins=[plugin],
-        info={"description": "Channels, the reply ledger and installations (SPEC B7, B10, B12), behind "
+        info={"description": "Channels, the reply ledger, installations and webhooks (SPEC B7, B10, B12, B16), behind "
                              "`Authorization: Bearer <ADMIN_TOKEN>`. Every error answer is `{\"error\", \"message\"}` "
                              "plus `fields` for validation errors. The API answers 404 while ADMIN_TOKEN is unset."},
         security=[{SECURITY_SCHEME: []}],
@@ -226,7 +271,9 @@ def build_spec(app: Flask) -> APISpec:
                                                    "schema": plugin.converter.field2property(fields.Integer())}}
         spec.components.response(name, response)
     for tag, description in (("channels", "Channels (SPEC B7, B10)"), ("replies", "The reply ledger (SPEC B10)"),
-                             ("installations", "Desk installations (SPEC B12)"), ("meta", "About the API itself")):
+                             ("installations", "Desk installations (SPEC B12)"),
+                             ("webhooks", "Event subscriptions and their failed executions (SPEC B16)"),
+                             ("meta", "About the API itself")):
         spec.tag({"name": tag, "description": description})
     described = operations(app.extensions["deskbridge"].connectors)
     paths: dict[str, dict[str, Any]] = {}
