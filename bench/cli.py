@@ -29,7 +29,7 @@ from app import create_app
 from app.services import Services
 from app.usecases.channels import create_channel
 from bench import figures as fig
-from bench import machine, whatif
+from bench import machine, realtime, whatif
 from bench.database import fresh_database, seed_inbox, seed_inboxes, seeded_rows_differences
 from bench.load import Client, WrkSettings, ensure_wrk
 from bench.payloads import batch_body, signed_headers
@@ -42,11 +42,12 @@ VERIFY_MESSAGES = 40
 # PostgreSQL statistics (ANALYZE after seeding): a brand-new table whose statistics say
 # "empty" gets plans that scan the whole channel (see RESULTS.md), which is not the steady state.
 HISTORY = 10_000
-ALL_FIGURES = "abcde"
+ALL_FIGURES = "abcdef"
 QUIET = 0.2  # the CPUs' busy fraction under which the machine counts as quiet
 # Settings a developer may have exported that would change what is measured.
 _CLEARED_ENV = ("DATABASE_URL", "SECRET_KEY", "ADMIN_TOKEN", "PUSH_DEADLINE_SECONDS", "PULL_BATCH_LIMIT",
-                "MAX_BODY_BYTES", "ALLOW_PRIVATE_OUTBOUND", "INSTANCE_PATH")
+                "MAX_BODY_BYTES", "ALLOW_PRIVATE_OUTBOUND", "INSTANCE_PATH", "DESK_EXTENSION_SECRET",
+                "DESK_CAPTURE_DIR", "PGAPPNAME")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -68,7 +69,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "(default 60; 0: do not wait)")
     parser.add_argument("--without-worker", action="store_true",
                         help="do not run a background worker beside deskbridge (make run runs one)")
-    parser.add_argument("--figures", default=ALL_FIGURES, help="which figures to measure, e.g. 'ab' (default abcde)")
+    parser.add_argument("--figures", default=None, help=f"which figures to measure, e.g. 'ab' (default {ALL_FIGURES})")
+    parser.add_argument("--realtime-channels", type=int, default=50,
+                        help="channels receiving a message at once in each round of figure (f) (default 50)")
+    parser.add_argument("--realtime-sustained", type=float, default=10.0,
+                        help="seconds of sustained traffic after (f)'s rounds, every channel one message a "
+                        "second, reported for information (default 10; 0: none)")
     parser.add_argument("--output", type=Path, default=None,
                         help="where to write the JSON results (default bench/results/latest.json, "
                         "or latest-whatif.json with --what-if)")
@@ -85,8 +91,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--inbox-size must be at least {2 * SMALL_INBOX}")
     if args.runs < 1 or args.duration < 1 or args.connections < 1:
         parser.error("--runs, --duration and --connections must be positive")
+    if args.figures is None:
+        # Real-time delivery is the background worker's work: without it, (f) is left out.
+        args.figures = ALL_FIGURES.replace("f", "") if args.without_worker else ALL_FIGURES
     if set(args.figures) - set(ALL_FIGURES):
         parser.error(f"--figures takes letters among {ALL_FIGURES}")
+    if "f" in args.figures and args.without_worker:
+        parser.error("figure (f), real-time delivery, needs the background worker: drop --without-worker")
+    if args.realtime_channels < 1 or args.realtime_sustained < 0:
+        parser.error("--realtime-channels must be positive, --realtime-sustained not negative")
     return args
 
 
@@ -112,8 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         database = stack.enter_context(fresh_database(args.database_url, workdir))
         print(f"database: {database.backend} ({database.where})", flush=True)
         env = {key: value for key, value in os.environ.items() if key not in _CLEARED_ENV}
+        # The extension secret turns real-time import on (SPEC B14), for figure (f); the other
+        # figures' channels never get a securityContext with new messages, so they import nothing.
+        extension_secret = secrets.token_urlsafe(32)
         overrides = {"DATABASE_URL": database.url, "SECRET_KEY": secrets.token_urlsafe(32),
-                     "INSTANCE_PATH": str(workdir / "instance"), "ALLOW_PRIVATE_OUTBOUND": "true"}
+                     "INSTANCE_PATH": str(workdir / "instance"), "ALLOW_PRIVATE_OUTBOUND": "true",
+                     "DESK_EXTENSION_SECRET": extension_secret}
         env.update(overrides)
         env["PYTHONPATH"] = str(ROOT)
         env["BENCH_FULL_PULL_FILE"] = str(workdir / "full-pull.json")
@@ -125,6 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         receiver = start_receiver(workdir, lifetime=3600)
         stack.callback(receiver.stop)
         channels = _create_channels(services, receiver)
+        emulators: list[realtime.DeskEmulator] = []
+        realtime_channels: list[dict[str, Any]] = []
+        if "f" in args.figures:
+            emulators = realtime.start_emulators(extension_secret, args.realtime_channels)
+            for emulator in emulators:
+                stack.callback(emulator.close)
+            realtime_channels = realtime.create_channels(services.db, services.keyring, services.connectors,
+                                                         emulators)
         print(f"seeding the {SMALL_INBOX}-row inbox, and {HISTORY:,} rows of history in each ingest channel ...",
               flush=True)
         history = [name for name in channels if name in ("ingest", "batch") or name.startswith("fan-")]
@@ -133,10 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         desk_app = "bench.whatif_wsgi:app" if args.what_if else "wsgi:app"
         desk = start_gunicorn("deskbridge", desk_app, gunicorn, env, workdir)
         stack.callback(desk.stop)
+        worker: Process | None = None
+        application_name = f"{realtime.WORKER_APPLICATION_NAME}-{secrets.token_hex(4)}"
         if not args.without_worker:
-            # As `make run`: one background worker beside the web server (idle here: it polls the job table).
-            worker = Process("worker", [sys.executable, "-m", "flask", "--app", "wsgi", "worker"], env,
-                             workdir / "worker.log")
+            # As `make run`: one background worker beside the web server (idle but for figure (f): it
+            # polls the job table, and on PostgreSQL listens for new jobs). PGAPPNAME names its
+            # PostgreSQL sessions, so that (f) can see its LISTEN is up before measuring.
+            worker = Process("worker", [sys.executable, "-m", "flask", "--app", desk_app, "worker"],
+                             {**env, "PGAPPNAME": application_name}, workdir / "worker.log")
             stack.callback(worker.stop)
         bare = start_gunicorn("baseline", "bench.baseline:app", gunicorn, env, workdir)
         stack.callback(bare.stop)
@@ -146,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             wrk=wrk, wrk_settings=wrk_settings, runs=args.runs, latency_requests=args.latency_requests,
             workdir=workdir, desk=desk, bare=bare, receiver=receiver, db=services.db, keyring=services.keyring,
             channels=channels, small_size=SMALL_INBOX, inbox_size=args.inbox_size,
-            postgres=database.backend == "postgresql",
+            postgres=database.backend == "postgresql", worker=worker,
+            realtime=realtime.Realtime(extension_secret, emulators, realtime_channels, worker, application_name,
+                                       sustained_seconds=args.realtime_sustained) if emulators else None,
         )
 
         def seed_large() -> dict[str, float]:
@@ -162,18 +193,22 @@ def main(argv: list[str] | None = None) -> int:
             ("d", "ingest, batches of 100", lambda: [fig.ingest_batch(bench)]),
             ("d", f"ingest, one message per request over {fig.FAN_OUT} channels", lambda: [fig.ingest_fan_out(bench)]),
             ("e", "push overhead", lambda: [fig.push_overhead(bench)]),
+            ("f", f"real-time delivery, {args.realtime_channels} channels at once",
+             lambda: fig.realtime_delivery(bench)),
             # Last: the large inbox stays in the database once seeded.
             ("c", "pull against inbox size", lambda: fig.inbox_size(bench, seed_large)),
         ]
         for letter, name, step in steps:
             if letter not in args.figures:
                 continue
-            busy = machine.cpu_busy()
+            # The background worker is ours: its own CPU time is reported with the figures, not waited out.
+            own = (worker.pid,) if worker is not None else ()
+            busy = machine.cpu_busy(exclude_groups=own)
             waited = 0.0
             while busy is not None and busy >= QUIET and waited < args.wait_quiet:
                 # Other work shares the machine: give it a moment (bounded) to finish.
                 waited += 1.0
-                busy = machine.cpu_busy()
+                busy = machine.cpu_busy(exclude_groups=own)
             busy_note = "" if busy is None or busy < QUIET else f" (warning: other work keeps the CPUs {busy:.0%} busy)"
             print(f"measuring ({letter}) {name} ...{busy_note}", flush=True)
             cpu_busy_before.append(busy)
@@ -242,6 +277,9 @@ def _meta(args: argparse.Namespace, backend: str, services: Services, gunicorn: 
         "inbox_size": args.inbox_size,
         "what_if": args.what_if,
         "runs": args.runs,
+        "figures": args.figures,
+        "realtime_channels": args.realtime_channels if "f" in args.figures else None,
+        "realtime_sustained_seconds": args.realtime_sustained if "f" in args.figures else None,
         "gunicorn": {"workers": gunicorn.workers, "threads": gunicorn.threads, "worker_class": gunicorn.worker_class,
                      "keep_alive": gunicorn.keep_alive},
         "wrk": {"threads": wrk_settings.threads, "connections": wrk_settings.connections,

@@ -6,6 +6,7 @@ import itertools
 import operator
 import resource
 import statistics
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from bench.payloads import (
     static_line,
     write_replay_file,
 )
-from bench.servers import Server
+from bench.realtime import Realtime, measure_realtime
+from bench.servers import Process, Server
 
 EMPTY_PULL = {"data": {"tickets": [], "threads": []}}
 BATCH_SIZE = 100
@@ -89,6 +91,8 @@ class Bench:
     small_size: int
     inbox_size: int
     postgres: bool = False
+    worker: Process | None = None  # the background worker beside deskbridge, as `make run` starts it
+    realtime: Realtime | None = None  # figure (f)'s emulators and channels
     memo: dict[str, Any] = field(default_factory=dict)
 
     def channel_id(self, name: str) -> str:
@@ -107,13 +111,15 @@ class Bench:
 
 def _wrk(bench: Bench, server: Server, replay: Path, *, duration: float | None = None,
          unique: bool = False) -> WrkRun:
-    """run_wrk, also recording CPU time: the server's and PostgreSQL's per request, and other load.
+    """run_wrk, also recording CPU time: the server's and PostgreSQL's per request, the background
+    worker's, and other load.
 
-    Other load is what the whole machine used beyond the server, PostgreSQL, wrk and
-    this process, in cores: other work sharing the machine while the run measured.
+    Other load is what the whole machine used beyond the server, PostgreSQL, the background
+    worker, wrk and this process, in cores: other work sharing the machine while the run measured.
     """
     server_before = machine.cpu_seconds(group=server.pid)
-    pg_before = machine.cpu_seconds(command="postgres") if bench.postgres else 0.0
+    worker_before = machine.cpu_seconds(group=bench.worker.pid) if bench.worker else 0.0
+    pg_before = machine.cpu_by_process(command="postgres") if bench.postgres else {}
     children_before, self_before = _rusage(resource.RUSAGE_CHILDREN), _rusage(resource.RUSAGE_SELF)
     busy_before = machine.busy_seconds()
     run = run_wrk(bench.wrk, server.port, replay, bench.wrk_settings, duration=duration, unique=unique)
@@ -121,9 +127,12 @@ def _wrk(bench: Bench, server: Server, replay: Path, *, duration: float | None =
     wrk_cpu = _rusage(resource.RUSAGE_CHILDREN) - children_before
     own = _rusage(resource.RUSAGE_SELF) - self_before
     server_cpu = machine.cpu_seconds(group=server.pid) - server_before
-    pg_cpu = machine.cpu_seconds(command="postgres") - pg_before if bench.postgres else 0.0
+    pg_cpu = machine.cpu_used_since(pg_before, command="postgres") if bench.postgres else 0.0
+    worker_cpu = machine.cpu_seconds(group=bench.worker.pid) - worker_before if bench.worker else 0.0
     if run.seconds:
-        run.other_load_cores = max(busy - server_cpu - pg_cpu - wrk_cpu - own, 0.0) / run.seconds
+        run.other_load_cores = max(busy - server_cpu - pg_cpu - worker_cpu - wrk_cpu - own, 0.0) / run.seconds
+        if bench.worker:
+            run.worker_cores = worker_cpu / run.seconds
     if run.requests:
         run.server_cpu_ms = server_cpu * 1000 / run.requests
         if bench.postgres:
@@ -188,6 +197,13 @@ def _throughput_figure(figure: Figure, desk_runs: list[WrkRun], bare_runs: list[
         figure.details["other_load_cores_max"] = _rounded(max(loads), 2)
         if max(loads) > OTHER_LOAD_WARNING:
             figure.problems.append(f"other work used up to {max(loads):.1f} cores during the runs")
+    worker_loads = [r.worker_cores for r in (*desk_runs, *bare_runs) if r.worker_cores is not None]
+    if worker_loads:
+        figure.details["worker_cores_max"] = _rounded(max(worker_loads), 2)
+        if max(worker_loads) > OTHER_LOAD_WARNING:
+            # Nothing gives it work during these figures: an idle worker should use next to nothing.
+            figure.problems.append(f"the idle background worker used up to {max(worker_loads):.2f} cores "
+                                   "during the runs")
     figure.details.update(deskbridge_runs=[r.as_dict() for r in desk_runs],
                           baseline_runs=[r.as_dict() for r in bare_runs])
     for label, runs in (("deskbridge", desk_runs), ("baseline", bare_runs)):
@@ -464,3 +480,53 @@ def push_overhead(bench: Bench) -> Figure:
     figure.details.update(deskbridge=desk, direct=direct)
     return figure
 
+
+
+# --- (f) real-time delivery -------------------------------------------------------------------
+
+
+def realtime_delivery(bench: Bench) -> list[Figure]:
+    """From the inbound 200 to the Desk emulator receiving the import, every channel at once (bench/realtime.py)."""
+    if bench.realtime is None:
+        raise RuntimeError("real-time delivery was not set up (it needs the background worker)")
+    groups = {"deskbridge": bench.desk.pid, "worker": bench.worker.pid if bench.worker else None}
+    cpu_before = {name: machine.cpu_seconds(group=pid) for name, pid in groups.items() if pid}
+    pg_before = machine.cpu_by_process(command="postgres") if bench.postgres else {}
+    self_before = _rusage(resource.RUSAGE_SELF)  # the senders and the emulators run in this process
+    busy_before, started = machine.busy_seconds(), time.monotonic()
+    data = measure_realtime(bench.realtime, bench.desk, bench.db, rounds=bench.runs, postgres=bench.postgres,
+                            log=lambda line: print(line, flush=True))
+    seconds = time.monotonic() - started
+    cpu = {name: machine.cpu_seconds(group=groups[name]) - before for name, before in cpu_before.items()}
+    if bench.postgres:
+        cpu["postgres"] = machine.cpu_used_since(pg_before, command="postgres")
+    cpu["benchmark"] = _rusage(resource.RUSAGE_SELF) - self_before
+    busy = machine.busy_seconds() - busy_before
+    cpu["other"] = max(busy - sum(cpu.values()), 0.0)
+    # Cores used while the figure ran (first pulls and warm-up included): by process, and other work.
+    data["cores"] = {name: _rounded(value / seconds, 2) for name, value in cpu.items()}
+    if data["cores"]["other"] > OTHER_LOAD_WARNING:
+        data["problems"].append(f"other work used {data['cores']['other']:.2f} cores on average meanwhile")
+    channels = data["channels"]
+    median = Figure("f_realtime_median", f"(f) real-time delivery, {channels} channels at once: median", "ms",
+                    "ms", "<", 300)
+    p95 = Figure("f_realtime_p95", f"(f) real-time delivery, {channels} channels at once: 95th percentile",
+                 "ms", "ms", "<", 1000)
+    median.deskbridge = median.result = data["median_ms"]
+    p95.deskbridge = p95.result = data["p95_ms"]
+    problems = data.pop("problems")
+    median.problems.extend(problems)
+    p95.problems.extend(problems)
+    median.details.update(data)
+    p95.details.update({key: value for key, value in data.items() if key not in ("latencies_ms", "sustained")})
+    figures = [median, p95]
+    sustained = data.get("sustained")
+    if sustained:
+        # Information: steady traffic rather than a burst (no target of its own in SPEC C2).
+        what = f"(f) sustained, {sustained['messages_per_second']:g} msg/s over {channels} channels"
+        for key, label in (("median_ms", "median"), ("p95_ms", "95th percentile")):
+            row = Figure(f"f_realtime_sustained_{key[:-3]}", f"{what}: {label}", "ms", "ms", INFO, 0)
+            row.deskbridge = row.result = sustained[key]
+            row.details.update({k: v for k, v in sustained.items() if k != "latencies_ms" or key == "median_ms"})
+            figures.append(row)
+    return figures

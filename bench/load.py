@@ -58,6 +58,7 @@ class WrkRun:
     server_cpu_ms: float | None = None  # CPU time of the server's processes per request
     postgres_cpu_ms: float | None = None  # CPU time of all postgres processes per request
     other_load_cores: float | None = None  # CPU the rest of the machine used meanwhile, in cores
+    worker_cores: float | None = None  # CPU the (idle) background worker used meanwhile, in cores
 
     @property
     def rate(self) -> float:
@@ -71,7 +72,8 @@ class WrkRun:
                 "latency_p99_ms": self.latency_p99_ms, "problems": self.problems,
                 "server_cpu_ms_per_request": _round(self.server_cpu_ms),
                 "postgres_cpu_ms_per_request": _round(self.postgres_cpu_ms),
-                "other_load_cores": _round(self.other_load_cores)}
+                "other_load_cores": _round(self.other_load_cores),
+                "worker_cores": _round(self.worker_cores)}
 
 
 def _round(value: float | None) -> float | None:

@@ -26,27 +26,34 @@ def describe() -> dict[str, Any]:
             "kernel": platform.release()}
 
 
+_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
 def _cpu_times() -> tuple[int, int]:
     fields = [int(v) for v in _read("/proc/stat").splitlines()[0].split()[1:]]
     idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
     return sum(fields), idle
 
 
-def cpu_busy(seconds: float = 1.0) -> float | None:
+def cpu_busy(seconds: float = 1.0, exclude_groups: tuple[int, ...] = ()) -> float | None:
     """The fraction of all CPUs busy over the next `seconds` (0..1), None where /proc/stat is missing.
 
     Sampled while the benchmark itself is idle, it tells how much other work shared the machine.
+    `exclude_groups`: process groups whose own CPU time is not counted (the benchmark's
+    background worker, which should be idle but is part of what is measured).
     """
     if not _read("/proc/stat"):
         return None
+    own0 = sum(cpu_seconds(group=g) for g in exclude_groups)
     total0, idle0 = _cpu_times()
     time.sleep(seconds)
     total1, idle1 = _cpu_times()
+    own = sum(cpu_seconds(group=g) for g in exclude_groups) - own0
     total = total1 - total0
-    return round(1 - (idle1 - idle0) / total, 3) if total else None
-
-
-_TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    if not total:
+        return None
+    busy = (total - (idle1 - idle0)) / total - own * _TICKS / total
+    return round(max(busy, 0.0), 3)
 
 
 def _stat_fields(pid: str) -> list[str] | None:
@@ -60,7 +67,22 @@ def _stat_fields(pid: str) -> list[str] | None:
 
 def cpu_seconds(*, group: int | None = None, command: str | None = None) -> float:
     """CPU seconds (user + system) used so far by the processes of a process group, or of a command name."""
-    total = 0
+    return sum(cpu_by_process(group=group, command=command).values())
+
+
+def cpu_used_since(before: dict[int, float], *, group: int | None = None, command: str | None = None) -> float:
+    """CPU seconds used since `before` (a cpu_by_process() snapshot) by the processes alive now.
+
+    A process that ended meanwhile is left out rather than subtracted: with a sum of totals,
+    a postgres backend of another client ending would make the difference negative.
+    """
+    now = cpu_by_process(group=group, command=command)
+    return sum(max(seconds - before.get(pid, 0.0), 0.0) for pid, seconds in now.items())
+
+
+def cpu_by_process(*, group: int | None = None, command: str | None = None) -> dict[int, float]:
+    """CPU seconds (user + system) used so far by each process of a process group, or of a command name."""
+    found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -72,8 +94,8 @@ def cpu_seconds(*, group: int | None = None, command: str | None = None) -> floa
             continue
         if command is not None and fields[0] != command:
             continue
-        total += int(fields[12]) + int(fields[13])
-    return total / _TICKS
+        found[int(entry.name)] = (int(fields[12]) + int(fields[13])) / _TICKS
+    return found
 
 
 def busy_seconds() -> float:

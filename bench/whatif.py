@@ -13,6 +13,12 @@ upstream refuses to apply (ValueError) rather than measure something else.
   module (app/store/database.py make_engine: json_serializer, json_deserializer).
 - no-access-log, no-metrics: what the access line and the request metrics cost (features
   SPEC B17 asks for; measured, not meant to be turned off).
+- quiet-idle-worker: the background worker's idle threads wait for the poll interval or a
+  wake-up without first waking each other (app/jobs/worker.py Worker._work: at bde34eb every
+  thread that finds no job calls notify_all on the condition the other idle threads wait on,
+  so they wake each other without end and an idle worker polls ~1,000-1,500 times a second,
+  a whole core). Applies to the worker process too (`--what-if` runs both servers and the
+  worker from bench.whatif_wsgi).
 
 To add one: a function that patches a module attribute, checks that the attribute
 still is what it expects, and an entry in PATCHES.
@@ -89,11 +95,40 @@ def no_metrics() -> None:
     metrics.init_metrics = lambda app: None  # type: ignore[assignment]
 
 
+def quiet_idle_worker() -> None:
+    """Idle worker threads wait without waking one another (wake() and the LISTEN still wake them)."""
+    import inspect
+
+    from app.jobs import worker
+
+    source = inspect.getsource(worker.Worker._work)
+    if "self._wake.notify_all()" not in source or "self._idle += 1" not in source:
+        raise ValueError("app.jobs.worker.Worker._work changed (fixed upstream?): update bench/whatif.py")
+
+    def _work(self: Any, holder: str) -> None:
+        while not self._stopping.is_set():
+            try:
+                ran = self.work_one(holder)
+            except Exception as exc:
+                worker._log_loop_error("could not claim or record a job", exc)
+                self._stopping.wait(worker.ERROR_PAUSE_SECONDS)
+                continue
+            if not ran:
+                with self._wake:
+                    if not self._stopping.is_set():
+                        self._idle += 1
+                        self._wake.wait(self.poll_seconds)
+                        self._idle -= 1
+
+    worker.Worker._work = _work  # type: ignore[method-assign]
+
+
 PATCHES: dict[str, Callable[[], None]] = {
     "custom-plans": custom_plans,
     "orjson-json": orjson_json,
     "no-access-log": no_access_log,
     "no-metrics": no_metrics,
+    "quiet-idle-worker": quiet_idle_worker,
 }
 
 
