@@ -42,7 +42,7 @@ VERIFY_MESSAGES = 40
 # PostgreSQL statistics (ANALYZE after seeding): a brand-new table whose statistics say
 # "empty" gets plans that scan the whole channel (see RESULTS.md), which is not the steady state.
 HISTORY = 10_000
-ALL_FIGURES = "abcdef"
+ALL_FIGURES = "abcdefg"
 QUIET = 0.2  # the CPUs' busy fraction under which the machine counts as quiet
 # Settings a developer may have exported that would change what is measured.
 _CLEARED_ENV = ("DATABASE_URL", "SECRET_KEY", "ADMIN_TOKEN", "PUSH_DEADLINE_SECONDS", "PULL_BATCH_LIMIT",
@@ -178,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             postgres=database.backend == "postgresql", worker=worker,
             realtime=realtime.Realtime(extension_secret, emulators, realtime_channels, worker, application_name,
                                        sustained_seconds=args.realtime_sustained) if emulators else None,
+            database_server_url=args.database_url,
         )
 
         def seed_large() -> dict[str, float]:
@@ -195,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             ("e", "push overhead", lambda: [fig.push_overhead(bench)]),
             ("f", f"real-time delivery, {args.realtime_channels} channels at once",
              lambda: fig.realtime_delivery(bench)),
+            ("g", "event deliveries by one worker process", lambda: fig.event_deliveries(bench)),
             # Last: the large inbox stays in the database once seeded.
             ("c", "pull against inbox size", lambda: fig.inbox_size(bench, seed_large)),
         ]

@@ -93,6 +93,7 @@ class Bench:
     postgres: bool = False
     worker: Process | None = None  # the background worker beside deskbridge, as `make run` starts it
     realtime: Realtime | None = None  # figure (f)'s emulators and channels
+    database_server_url: str | None = None  # the PostgreSQL server given (figure g makes its own schemas)
     memo: dict[str, Any] = field(default_factory=dict)
 
     def channel_id(self, name: str) -> str:
@@ -530,3 +531,25 @@ def realtime_delivery(bench: Bench) -> list[Figure]:
             row.details.update({k: v for k, v in sustained.items() if k != "latencies_ms" or key == "median_ms"})
             figures.append(row)
     return figures
+
+
+EVENT_RUN_EVENTS = 5000
+
+
+def event_deliveries(bench: Bench) -> list[Figure]:
+    """(g) SPEC C2: events delivered per second by one worker process (this one, running the app's
+    Worker) to the local receiver, each run on a fresh database (tests/event_throughput.py)."""
+    from tests.event_throughput import fresh_database as fresh_event_database
+    from tests.event_throughput import measure_event_delivery
+
+    rates = []
+    for _ in range(bench.runs):
+        with fresh_event_database(bench.database_server_url) as url:
+            run = measure_event_delivery(url, f"{bench.receiver.base_url}/events", events=EVENT_RUN_EVENTS)
+        rates.append(run.per_second)
+        print(f"  {run.events} events in {run.seconds:.2f} s: {run.per_second:,.0f} events/s", flush=True)
+    figure = Figure("g_event_deliveries", "(g) event deliveries by one worker process", "events/s", "events/s",
+                    ">=", 500)
+    figure.deskbridge = figure.result = round(statistics.median(rates))
+    figure.details.update({"events_per_run": EVENT_RUN_EVENTS, "runs_per_second": [round(r) for r in rates]})
+    return [figure]
