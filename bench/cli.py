@@ -105,6 +105,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def _terminate(signum: int, _frame: FrameType | None) -> None:
     # Turn SIGTERM into an exception, so that every finally block stops its servers.
+    print(f"stopping: received {signal.Signals(signum).name}", file=sys.stderr, flush=True)
     raise SystemExit(128 + signum)
 
 
