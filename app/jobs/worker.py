@@ -89,8 +89,12 @@ class Worker:
         dialect = svc.db.engine.dialect.name
         self.poll_seconds = IDLE_POLL_SECONDS.get(dialect, 0.5) if poll_seconds is None else poll_seconds
         self._listens = dialect == "postgresql"
-        self._wake = threading.Condition()
+        wake_lock = threading.RLock()
+        self._wake = threading.Condition(wake_lock)
         self._idle = 0  # threads waiting for work, under _wake
+        # Told when a thread becomes idle (wait_until_idle). Not _wake: notifying _wake there would wake
+        # the other idle threads, which would poll and wake each other without end.
+        self._idle_changed = threading.Condition(wake_lock)
         self.listening = threading.Event()  # PostgreSQL: set while the LISTEN connection is up
         self.handlers = dict(HANDLERS if handlers is None else handlers)
         self.recurring = {job.kind: job for job in recurring if job.kind in self.handlers}
@@ -189,7 +193,7 @@ class Worker:
                 with self._wake:
                     if not self._stopping.is_set():
                         self._idle += 1
-                        self._wake.notify_all()
+                        self._idle_changed.notify_all()
                         self._wake.wait(self.poll_seconds)
                         self._idle -= 1
 
@@ -220,7 +224,7 @@ class Worker:
     def wait_until_idle(self, threads: int, timeout: float) -> bool:
         """Block until `threads` threads wait for work (for tests and diagnostics); whether they did."""
         with self._wake:
-            return self._wake.wait_for(lambda: self._idle >= threads, timeout)
+            return self._idle_changed.wait_for(lambda: self._idle >= threads, timeout)
 
     def _listen(self) -> None:
         """PostgreSQL: LISTEN for enqueued jobs on a connection of its own and wake idle threads."""
